@@ -30,6 +30,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
         "masks": None,
         "tables": [],
         "spatial_size": [64, 64, 48],
+        "spatial_fit": "resize",  # resize | pad_crop
         "spacing": None,
         "intensity": "percentile",
         "foreground_crop": False,

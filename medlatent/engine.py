@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import DataLoader, list_data_collate
+from monai.data.utils import set_rnd
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
@@ -234,6 +235,9 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
         epoch_seed = _epoch_seed(seed, epoch, rank)
         seed_everything(epoch_seed)
         generator.manual_seed(epoch_seed)
+        # MONAI random transforms keep their own RandomState; with num_workers=0 the
+        # DataLoader seeds it only once, so reseed it every epoch for exact resume
+        set_rnd(train_set, epoch_seed)
         if sampler is not None:
             sampler.set_epoch(epoch)
         epoch_started = time.perf_counter()

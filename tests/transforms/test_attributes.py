@@ -1,0 +1,60 @@
+"""transforms.attributes: label groups and SimpleITK shape statistics, checked against DLMUSE volumes."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from medlatent.errors import InputError
+from transforms.attributes import STATISTICS, compute_attributes, parse_label_groups, shape_statistics
+from transforms.manifest import build_manifest
+
+
+def test_parse_label_groups() -> None:
+    assert parse_label_groups(["ventricles=51,52", "hippo = 47, 48", "third=4"]) == {
+        "ventricles": [51, 52], "hippo": [47, 48], "third": [4]}
+    for bad in ("ventricles", "v=51;52", "=4", "v=a", "1v=3"):
+        with pytest.raises(InputError, match=re.escape(bad)):
+            parse_label_groups([bad])
+    with pytest.raises(InputError, match="given twice"):
+        parse_label_groups(["a=1", "a=2"])
+
+
+def test_reproduces_dlmuse_volumes(ixi_dir: Path) -> None:
+    df = build_manifest(str(ixi_dir / "T1" / "IXI01[2-6]*.nii.gz"), str(ixi_dir / "dlmuse_seg" / "*.nii.gz"))
+    df["subject"] = df["subject"].str.replace("_T1", "")
+    assert len(df) >= 4
+    attrs = compute_attributes(df, {"ventricles": [51, 52], "hippocampus": [47, 48]})
+    assert list(attrs.columns) == ["subject"] + [f"{g}_{s}" for g in ("ventricles", "hippocampus") for s in STATISTICS]
+    roi = pd.read_csv(ixi_dir / "dlmuse_roi_volumes.csv", dtype={"MRID": str}).set_index("MRID")
+    for _, row in attrs.iterrows():
+        ref = roi.loc[row["subject"]]
+        assert row["ventricles_volume_mm3"] == pytest.approx(ref["51"] + ref["52"], rel=0.005)
+        assert row["hippocampus_volume_mm3"] == pytest.approx(ref["47"] + ref["48"], rel=0.005)
+        assert row["ventricles_feret_diameter_mm"] > 2 * row["ventricles_equivalent_spherical_radius_mm"]
+        assert 0 < row["hippocampus_roundness"] < 1
+
+
+def test_sphere_statistics_and_empty_group() -> None:
+    grid = np.indices((40, 40, 40)) - 19.5
+    ball = (np.sqrt((grid**2).sum(0)) < 10).astype(np.uint8) * 7
+    image = sitk.GetImageFromArray(ball)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    stats = shape_statistics(image, [7])
+    assert stats["volume_mm3"] == pytest.approx(4 / 3 * math.pi * 20**3, rel=0.03)
+    assert stats["equivalent_spherical_radius_mm"] == pytest.approx(20, rel=0.02)
+    assert stats["elongation"] == pytest.approx(1, abs=0.02) and stats["flatness"] == pytest.approx(1, abs=0.02)
+    empty = shape_statistics(image, [3])
+    assert empty["volume_mm3"] == 0 and all(math.isnan(v) for k, v in empty.items() if k != "volume_mm3")
+
+
+def test_compute_attributes_names_bad_row(tmp_path: Path) -> None:
+    df = pd.DataFrame({"subject": ["a"], "image": ["x"], "mask": [str(tmp_path / "nope.nii.gz")]})
+    with pytest.raises(InputError, match="row 2 .*nope.nii.gz"):
+        compute_attributes(df, {"v": [1]})

@@ -1,0 +1,194 @@
+"""transforms.pipeline: preprocessing on real files, caching, augmentation, inversion to the input grid."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.data import DataLoader, MetaTensor
+
+from medlatent.errors import InputError
+from transforms.pipeline import augmentation, load_volume, make_dataset, preprocessing, to_input_geometry
+
+SUBJECTS = ("IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236")
+
+
+@pytest.fixture()
+def ixi_records(ixi_dir: Path, tmp_path: Path) -> list[dict]:
+    """Three IXI subjects copied to tmp_path (so a test may delete the sources)."""
+    records = []
+    for i, s in enumerate(SUBJECTS):
+        image = shutil.copy(ixi_dir / "T1" / f"{s}_T1.nii.gz", tmp_path)
+        mask = shutil.copy(ixi_dir / "dlmuse_seg" / f"{s}_T1_DLMUSE.nii.gz", tmp_path)
+        records.append({"image": image, "mask": mask, "label": i % 2,
+                        "attrs": np.array([30.0 + i, 1.0], np.float32), "subject": s})
+    return records
+
+
+CFG = {"spatial_size": [48, 48, 36], "intensity": "percentile", "spacing": None, "cache": "memory"}
+
+
+def test_ixi_comes_out_ras_with_physical_intensities(ixi_dir: Path) -> None:
+    path = ixi_dir / "T1" / "IXI012-HH-1211_T1.nii.gz"
+    assert nib.aff2axcodes(nib.load(path).affine) == ("P", "S", "R")  # stored sagittal
+    item = preprocessing({**CFG, "intensity": "none"}, keys=("image",))({"image": str(path), "subject": "x"})
+    image = item["image"]
+    assert isinstance(image, MetaTensor) and image.dtype == torch.float32 and image.shape == (1, 48, 48, 36)
+    assert nib.aff2axcodes(image.affine.numpy()) == ("R", "A", "S")
+    assert image.max() > 255  # uint8 on disk, scl_slope applied
+    # RAS reorientation is a permutation/flip of the stored voxels: the mean survives it
+    raw = nib.load(path).get_fdata()
+    native = preprocessing({**CFG, "intensity": "none", "spatial_fit": "pad_crop", "spatial_size": [90, 120, 120]},
+                           keys=("image",))({"image": str(path)})["image"]
+    assert native.shape == (1, 90, 120, 120)  # stored (P, S, R) = (120, 120, 90) -> (R, A, S)
+    assert float(native.mean()) == pytest.approx(raw.mean(), rel=1e-5)
+    assert float(native.max()) == pytest.approx(raw.max(), rel=1e-5)
+
+
+@pytest.mark.parametrize("intensity", ["percentile", "zscore"])
+def test_intensity_modes(ixi_dir: Path, intensity: str) -> None:
+    image = load_volume(ixi_dir / "T1" / "IXI012-HH-1211_T1.nii.gz", {**CFG, "intensity": intensity})["image"]
+    if intensity == "percentile":
+        assert image.min() == 0 and image.max() == 1
+    else:
+        inside = image[image != 0]
+        assert abs(float(inside.mean())) < 0.1 and float(inside.std()) == pytest.approx(1, abs=0.15)
+
+
+def test_mask_is_resized_nearest(ixi_records: list[dict]) -> None:
+    item = preprocessing(CFG)(ixi_records[0])
+    labels = set(torch.unique(item["mask"]).tolist())
+    assert {0, 4, 47, 48, 51, 52} <= labels and all(float(v).is_integer() for v in labels)
+    assert item["mask"].shape == item["image"].shape
+    assert item["label"].dtype == torch.int64 and item["attrs"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name, spacing", [("ixi_t1_2mm/T1/IXI012-HH-1211_T1.nii.gz", None),
+                                           ("ct_samples/CT_pitch.nii.gz", [1.5, 1.5, 3.0])])
+def test_inverts_to_the_input_geometry(data_dir: Path, name: str, spacing) -> None:
+    path = data_dir / name
+    cfg = {**CFG, "spacing": spacing, "foreground_crop": True}
+    ref = load_volume(path, cfg)
+    assert ref["image"].shape == (1, 48, 48, 36)
+    back = to_input_geometry(ref["image"], ref, cfg)
+    original = nib.load(path)
+    assert tuple(back.shape) == (1, *original.shape)
+    np.testing.assert_allclose(back.affine.numpy(), original.affine, atol=1e-4)
+    # the content lands where it came from: the round trip correlates with the (normalised) original
+    assert np.corrcoef(back[0].numpy().ravel(), original.get_fdata().ravel())[0, 1] > 0.85
+    labels = to_input_geometry((ref["image"] > 0.3).float().repeat(2, 1, 1, 1), ref, cfg, mode="nearest")
+    assert labels.shape[0] == 2 and set(torch.unique(labels).tolist()) <= {0.0, 1.0}
+
+
+def test_oblique_ct_is_resampled_to_the_requested_spacing(data_dir: Path) -> None:
+    cfg = {**CFG, "spacing": [2.0, 2.0, 2.0], "spatial_fit": "pad_crop", "spatial_size": [256, 256, 256]}
+    image = load_volume(data_dir / "ct_samples" / "CT_pitch.nii.gz", cfg)["image"]
+    spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
+    np.testing.assert_allclose(spacing, [2.0, 2.0, 2.0], atol=1e-5)
+
+
+def test_non_nifti_formats_read_through_simpleitk(ixi_dir: Path, tmp_path: Path) -> None:
+    nifti = ixi_dir / "T1" / "IXI012-HH-1211_T1.nii.gz"
+    cfg = {**CFG, "intensity": "none"}
+    expected = load_volume(nifti, cfg)["image"]
+    for suffix in (".mha", ".nrrd"):
+        other = tmp_path / f"t1{suffix}"
+        sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(nifti)), sitk.sitkFloat32), str(other))
+        got = load_volume(other, cfg)["image"]
+        np.testing.assert_allclose(got.affine.numpy(), expected.affine.numpy(), atol=1e-3)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-2)
+
+
+def test_load_volume_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="nope.nii.gz"):
+        load_volume(tmp_path / "nope.nii.gz", CFG)
+    four_d = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), np.eye(4)), four_d)
+    with pytest.raises(InputError, match="four_d.nii.gz.*3D"):
+        load_volume(four_d, CFG)
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(InputError, match="junk.nii.gz"):
+        load_volume(junk, CFG)
+
+
+def test_config_errors_name_the_key() -> None:
+    for key, value in (("intensity", "minmax"), ("spatial_fit", "stretch"), ("spatial_size", [64, 64])):
+        with pytest.raises(InputError, match=f"data.{key}"):
+            preprocessing({**CFG, key: value})
+    with pytest.raises(InputError, match="data.augment.*'mixup'"):
+        augmentation({"augment": ["flip", "mixup"]})
+    assert augmentation({"augment": []}) is None
+
+
+def _tensors(dataset) -> list[tuple]:
+    return [(d["image"].as_tensor(), d["mask"].as_tensor(), d["label"], d["attrs"], d["subject"]) for d in dataset]
+
+
+def test_cached_equals_uncached_and_later_epochs_do_no_file_io(ixi_records: list[dict], tmp_path: Path) -> None:
+    memory = make_dataset(ixi_records, {**CFG, "cache": "memory"}, train=False)
+    disk = make_dataset(ixi_records, {**CFG, "cache": "disk"}, train=False, cache_dir=tmp_path / "cache")
+    plain = make_dataset(ixi_records, {**CFG, "cache": "none"}, train=False)
+    reference = _tensors(plain)
+    first_disk = _tensors(disk)
+    for got in (_tensors(memory), first_disk):
+        for a, b in zip(got, reference):
+            assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4])) and a[4] == b[4]
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 3
+    for r in ixi_records:  # the sources are gone: a second epoch must not need them
+        Path(r["image"]).unlink()
+        Path(r["mask"]).unlink()
+    for got in (_tensors(memory), _tensors(disk)):
+        for a, b in zip(got, reference):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(Exception):
+        _tensors(plain)  # the uncached dataset really reads the files
+    # the disk cache keeps the inverse information
+    assert [op["class"] for op in disk[0]["image"].applied_operations] == ["Orientation", "Resize"]
+
+
+def test_disk_cache_folder_depends_on_preprocessing(ixi_records: list[dict], tmp_path: Path) -> None:
+    make_dataset(ixi_records[:1], {**CFG, "cache": "disk"}, train=False, cache_dir=tmp_path)[0]
+    make_dataset(ixi_records[:1], {**CFG, "cache": "disk", "spatial_size": [32, 32, 32]}, train=False,
+                 cache_dir=tmp_path)[0]
+    assert len(list(tmp_path.glob("pre-*"))) == 2
+
+
+def test_augmentation_after_cache_reproducible_by_torch_seed(ixi_records: list[dict]) -> None:
+    cfg = {**CFG, "augment": ["flip", "affine", "bias_field", "noise"]}
+    train = make_dataset(ixi_records, cfg, train=True)
+    evaluation = make_dataset(ixi_records, cfg, train=False)
+
+    def epoch(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return torch.cat([b["image"].as_tensor() for b in DataLoader(train, batch_size=3, num_workers=0)])
+
+    a, b, c = epoch(0), epoch(0), epoch(1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    clean = torch.stack([d["image"].as_tensor() for d in evaluation])
+    assert not torch.equal(a, clean)  # training items are augmented ...
+    assert torch.equal(clean, torch.stack([d["image"].as_tensor() for d in evaluation]))  # ... evaluation ones not
+    # the cache itself is untouched by augmentation
+    assert torch.equal(clean, torch.stack([d["image"].as_tensor() for d in make_dataset(ixi_records, CFG, False)]))
+
+
+def test_batches_collate_with_the_documented_keys(ixi_records: list[dict]) -> None:
+    batch = next(iter(DataLoader(make_dataset(ixi_records, CFG, train=True), batch_size=2)))
+    assert set(batch) == {"image", "mask", "label", "attrs", "subject"}
+    assert batch["image"].shape == (2, 1, 48, 48, 36) and batch["attrs"].shape == (2, 2)
+    assert batch["label"].tolist() == [0, 1] and batch["subject"] == list(SUBJECTS[:2])
+
+
+def test_array_records_pass_through_with_identity_affine() -> None:
+    volume = np.zeros((1, 28, 28, 28), np.float32)
+    volume[0, 5:10, 3:6, 20:25] = 255
+    item = preprocessing({**CFG, "spatial_size": [28, 28, 28], "intensity": "none"})(
+        {"image": volume, "mask": (volume > 127).astype(np.uint8), "subject": "train_0001"})
+    assert torch.equal(item["image"].as_tensor(), torch.from_numpy(volume))  # RAS identity: nothing moves
+    assert torch.equal(item["image"].affine, torch.eye(4, dtype=torch.float64))
+    assert item["mask"].dtype == torch.float32 and item["mask"].sum() == 75

@@ -1,0 +1,309 @@
+"""MONAI dictionary pipelines: deterministic preprocessing, random augmentation, caching datasets, inversion.
+
+Every item is a dict ``{"image": MetaTensor[1,D,H,W] float32, "mask"?: MetaTensor[1,D,H,W],
+"label"?: int64 tensor [], "attrs"?: float32 tensor [A], "subject": str}``. The image keeps the
+spatial transforms it went through in ``applied_operations``, so any model-space volume can be
+mapped back onto the input file's grid with :func:`to_input_geometry`.
+
+Randomness (see :func:`augmentation`): MONAI ``Rand*`` transforms draw from their own NumPy
+``RandomState``, which ``monai.data.DataLoader`` reseeds from torch's global RNG when it is built
+(``num_workers=0``) or in each worker (``worker_init_fn``); torchio draws from torch's global RNG.
+Seeding torch before building the DataLoader therefore reproduces the augmentation of an epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.transforms.utils import reset_ops_id
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    Invertd,
+    LoadImage,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandTorchIOd,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+from medlatent.errors import InputError
+from transforms.sitk_reader import SimpleITKReader
+
+INTENSITY_MODES = ("percentile", "zscore", "none")
+SPATIAL_FITS = ("resize", "pad_crop")
+AUGMENTATIONS = ("flip", "affine", "bias_field", "noise")
+CACHE_MODES = ("memory", "disk", "none")
+# bump when the deterministic pipeline changes, so disk caches of an older version are not reused
+PIPELINE_VERSION = 1
+
+
+def _is_nonzero(x: torch.Tensor) -> torch.Tensor:
+    # module-level (not a lambda) so the pipeline pickles for spawned DataLoader workers
+    return x != 0
+
+
+def _first_input_error(err: BaseException) -> InputError | None:
+    """MONAI's Compose wraps errors in RuntimeError; find the InputError raised underneath, if any."""
+    while err is not None:
+        if isinstance(err, InputError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class LoadVolumed(MapTransform):
+    """Load each key into a channel-first ``MetaTensor[1, X, Y, Z]`` float32 and insist on one 3D channel.
+
+    Paths go through MONAI ``LoadImage`` (nibabel for NIfTI, which applies ``scl_slope`` so
+    intensities are physical; :class:`~transforms.sitk_reader.SimpleITKReader` for NRRD/MHA/...).
+    Arrays (MedMNIST volumes, ``[D,H,W]`` or ``[1,D,H,W]``) become a MetaTensor with an identity
+    affine, i.e. 1 mm voxels already in RAS, so the rest of the pipeline treats both alike.
+    """
+
+    def __init__(self, keys: Sequence[str], allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        # registered last = tried first, but it declines NIfTI so nibabel keeps those files
+        self.loader.register(SimpleITKReader())
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            name = str(value) if isinstance(value, (str, os.PathLike)) else f"{d.get('subject', '?')}:{key}"
+            if isinstance(value, (str, os.PathLike)):
+                img = self.loader(value)
+            else:
+                array = torch.as_tensor(np.asarray(value), dtype=torch.float32)
+                array = array[None] if array.ndim == 3 else array
+                img = MetaTensor(array, affine=torch.eye(4, dtype=torch.float64),
+                                 meta={"filename_or_obj": name, "original_channel_dim": 0, "space": "RAS"})
+            if img.ndim != 4 or img.shape[0] != 1:
+                raise InputError(f"{name}: expected a single-channel 3D image, got array shape "
+                                 f"{tuple(img.shape)} after moving channels first (4D or 2D file?)")
+            d[key] = img.float()
+        return d
+
+
+def _spatial_size(data_cfg: Mapping[str, Any]) -> list[int]:
+    size = data_cfg.get("spatial_size")
+    if size is None or len(size) != 3 or any(int(s) <= 0 for s in size):
+        raise InputError(f"config key 'data.spatial_size': expected three positive integers, got {size!r}")
+    return [int(s) for s in size]
+
+
+def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "mask")) -> Compose:
+    """The deterministic part of the pipeline, configured by the ``data`` section.
+
+    Load -> channel first -> Orientation RAS -> Spacing (``data.spacing`` mm, optional) ->
+    intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | zscore on nonzero voxels |
+    none; image only) -> CropForeground (``data.foreground_crop``) -> Resize to ``data.spatial_size``
+    (trilinear image, nearest mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
+
+    Args:
+        data_cfg: the ``data`` section of a resolved config.
+        keys: volume keys; ``"image"`` first, the rest are label maps (nearest interpolation).
+            Keys missing from an item are skipped.
+
+    Returns:
+        A Compose mapping ``{"image": path | array, ...}`` to ``{"image": MetaTensor[1,*spatial_size], ...}``.
+    """
+    keys = list(keys)
+    modes_lin = ["bilinear" if k == "image" else "nearest" for k in keys]
+    modes_tri = ["trilinear" if k == "image" else "nearest" for k in keys]
+    steps: list = [
+        LoadVolumed(keys),
+        # explicit labels: world axes are RAS as nibabel and MONAI define them
+        Orientationd(keys, axcodes="RAS", labels=tuple(zip("LPI", "RAS")), allow_missing_keys=True),
+    ]
+    if data_cfg.get("spacing"):
+        spacing = data_cfg["spacing"]
+        spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
+        steps.append(Spacingd(keys, pixdim=spacing, mode=modes_lin, allow_missing_keys=True))
+    intensity = data_cfg.get("intensity", "percentile") or "none"
+    if intensity == "percentile":
+        steps.append(ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0,
+                                                     clip=True))
+    elif intensity == "zscore":
+        steps.append(NormalizeIntensityd("image", nonzero=True))
+    elif intensity != "none":
+        raise InputError(f"config key 'data.intensity': unknown {intensity!r}; choose one of {INTENSITY_MODES}")
+    if data_cfg.get("foreground_crop"):
+        # no coordinate keys: items must carry only the documented keys so they collate
+        steps.append(CropForegroundd(keys, source_key="image", select_fn=_is_nonzero, margin=2, allow_smaller=True,
+                                     start_coord_key=None, end_coord_key=None, allow_missing_keys=True))
+    size = _spatial_size(data_cfg)
+    fit = data_cfg.get("spatial_fit", "resize")
+    if fit == "resize":
+        steps.append(Resized(keys, spatial_size=size, mode=modes_tri, allow_missing_keys=True))
+    elif fit == "pad_crop":
+        steps.append(ResizeWithPadOrCropd(keys, spatial_size=size, allow_missing_keys=True))
+    else:
+        raise InputError(f"config key 'data.spatial_fit': unknown {fit!r}; choose one of {SPATIAL_FITS}")
+    # EnsureTyped, not ToTensord: ToTensord is invertible and would add "<key>_transforms" entries to items
+    steps.append(EnsureTyped(["label", "attrs"], data_type="tensor", track_meta=False, allow_missing_keys=True))
+    return Compose(steps)
+
+
+def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
+    """Random augmentation named in ``data.augment`` (applied after the cache, training only).
+
+    ``flip``: left-right flip (RAS axis 0), p=0.5. ``affine``: rotation up to 0.1 rad, scale +-10%,
+    shift up to 4 voxels, p=0.5 (bilinear image, nearest mask). ``bias_field``: torchio
+    ``RandomBiasField`` (coefficients 0.3, order 3), p=0.5, MRI intensity inhomogeneity.
+    ``noise``: Gaussian noise, std 0.05 (in normalised units), p=0.5.
+
+    Randomness: MONAI transforms use their ``RandomState`` (reseeded from torch by
+    ``monai.data.DataLoader``, or ``Compose.set_random_state(seed)``); torchio uses torch's
+    global RNG. Seed torch before building the DataLoader to reproduce an epoch.
+
+    Returns:
+        A Compose over ``{"image", "mask"?}``, or None when ``data.augment`` is empty.
+    """
+    names = list(data_cfg.get("augment") or [])
+    keys = ["image", "mask"]
+    steps: list = []
+    for name in names:
+        if name == "flip":
+            steps.append(RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True))
+        elif name == "affine":
+            steps.append(RandAffined(keys, prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1),
+                                     translate_range=(4, 4, 4), mode=("bilinear", "nearest"),
+                                     padding_mode="zeros", allow_missing_keys=True))
+        elif name == "bias_field":
+            steps.append(RandTorchIOd(["image"], "RandomBiasField", coefficients=0.3, order=3, p=0.5))
+        elif name == "noise":
+            steps.append(RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.05))
+        else:
+            raise InputError(f"config key 'data.augment': unknown augmentation {name!r}; "
+                             f"choose from {list(AUGMENTATIONS)}")
+    return Compose(steps) if steps else None
+
+
+def _volume_keys(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    return ("image", "mask") if any("mask" in r for r in records) else ("image",)
+
+
+def preprocessing_hash(data_cfg: Mapping[str, Any]) -> str:
+    """A short hash of the keys that change preprocessed tensors (names the disk-cache folder)."""
+    relevant = {k: data_cfg.get(k) for k in ("spatial_size", "spacing", "intensity", "foreground_crop", "spatial_fit")}
+    relevant["version"] = PIPELINE_VERSION
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, Any], train: bool,
+                 cache_dir: Path | None = None) -> Dataset:
+    """A MONAI dataset over ``records`` (from :func:`transforms.records.load_split_records`).
+
+    ``data.cache``: ``memory`` -> CacheDataset (everything preprocessed once, at construction);
+    ``disk`` -> PersistentDataset under ``cache_dir/pre-<hash of the preprocessing keys>``;
+    ``none`` -> Dataset. Only the deterministic prefix is cached; augmentation runs after it on a copy,
+    and only when ``train`` is True.
+
+    Returns:
+        A Dataset whose items are ``{"image": MetaTensor[1,D,H,W], "mask"?, "label"?, "attrs"?, "subject"}``,
+        collatable by ``monai.data.DataLoader``.
+    """
+    pre = preprocessing(data_cfg, keys=_volume_keys(records))
+    aug = augmentation(data_cfg) if train else None
+    # flat list: CacheDataset caches up to the first random transform, and a nested Compose counts as random
+    transform = Compose(list(pre.transforms) + (list(aug.transforms) if aug else []))
+    data = list(records)
+    mode = data_cfg.get("cache", "memory") or "none"
+    if mode == "memory":
+        return CacheDataset(data, transform, cache_rate=1.0, num_workers=os.cpu_count() or 1, progress=False)
+    if mode == "disk":
+        folder = cache_dir or data_cfg.get("cache_dir")
+        if not folder:
+            raise InputError("config key 'data.cache': 'disk' needs data.cache_dir (or a cache_dir argument)")
+        folder = Path(folder) / f"pre-{preprocessing_hash(data_cfg)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # track_meta keeps MetaTensors (applied_operations); weights_only=False because the cache
+        # holds MetaTensors, and it only ever loads files this function wrote
+        return PersistentDataset(data, transform, cache_dir=folder, track_meta=True, weights_only=False)
+    if mode == "none":
+        return Dataset(data, transform)
+    raise InputError(f"config key 'data.cache': unknown {mode!r}; choose one of {CACHE_MODES}")
+
+
+def load_volume(path: str | Path, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Preprocess one input file exactly as in training (for reconstruct / attention / traverse).
+
+    Returns:
+        ``{"image": MetaTensor[1,*spatial_size] float32 (with applied_operations), "subject": str}``.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a single-channel 3D image (names the file).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: input image not found")
+    pre = preprocessing(data_cfg, keys=("image",))
+    try:
+        return pre({"image": str(path), "subject": _stem(path)})
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+        inner = _first_input_error(err)
+        if inner is not None:
+            raise inner from None
+        cause = err.__cause__ or err
+        raise InputError(f"{path}: cannot read image: {type(cause).__name__}: {cause}") from None
+
+
+def _stem(path: Path) -> str:
+    from transforms.manifest import subject_from_filename  # local: keeps module import light
+
+    return subject_from_filename(path)
+
+
+def to_input_geometry(volume: torch.Tensor, reference: Mapping[str, Any], data_cfg: Mapping[str, Any],
+                      mode: str = "bilinear") -> MetaTensor:
+    """Map a model-space volume back onto the grid and affine of the file ``reference`` came from.
+
+    Inverts the spatial steps recorded on ``reference["image"].applied_operations`` (resize,
+    crop, spacing, orientation) with MONAI ``Invertd``. Intensity normalisation is not inverted:
+    values stay in model units.
+
+    Args:
+        volume: ``[C, D, H, W]`` in model space (same spatial size as ``reference["image"]``).
+        reference: an item from :func:`load_volume` or a dataset built by :func:`make_dataset`.
+        data_cfg: the ``data`` section used to build ``reference``.
+        mode: ``"bilinear"`` (images, maps) or ``"nearest"`` (label maps).
+
+    Returns:
+        MetaTensor ``[C, X, Y, Z]`` with the input file's shape and affine.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    ref = reference["image"]
+    if not isinstance(ref, MetaTensor) or not ref.applied_operations:
+        raise ValueError("reference['image'] must be a MetaTensor with applied_operations (from load_volume)")
+    ref = MetaTensor(ref.detach().clone().as_tensor(), meta=copy.deepcopy(ref.meta),
+                     applied_operations=copy.deepcopy(ref.applied_operations))
+    # the inverting Compose is a new object; clear the recorded transform ids so MONAI matches by class
+    reset_ops_id(ref)
+    pre = preprocessing(data_cfg, keys=("image",))
+    inverter = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=(mode == "nearest"), to_tensor=True)
+    pred = volume.detach().as_tensor() if isinstance(volume, MetaTensor) else volume.detach()
+    # Invertd reads the operations from the "image" entry only when "pred" is a MetaTensor
+    out = inverter({"pred": MetaTensor(pred.float()), "image": ref})["pred"]
+    return out
