@@ -41,13 +41,14 @@ from monai.transforms import (
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRangePercentilesd,
+    ScaleIntensityd,
     Spacingd,
 )
 
 from medlatent.errors import InputError
 from transforms.sitk_reader import SimpleITKReader
 
-INTENSITY_MODES = ("percentile", "zscore", "none")
+INTENSITY_MODES = ("percentile", "minmax", "zscore", "none")
 SPATIAL_FITS = ("resize", "pad_crop")
 AUGMENTATIONS = ("flip", "affine", "bias_field", "noise")
 CACHE_MODES = ("memory", "disk", "none")
@@ -114,7 +115,7 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
     """The deterministic part of the pipeline, configured by the ``data`` section.
 
     Load -> channel first -> Orientation RAS -> Spacing (``data.spacing`` mm, optional) ->
-    intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | zscore on nonzero voxels |
+    intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels |
     none; image only) -> CropForeground (``data.foreground_crop``) -> Resize to ``data.spatial_size``
     (trilinear image, nearest mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
 
@@ -142,6 +143,9 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
     if intensity == "percentile":
         steps.append(ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0,
                                                      clip=True))
+    elif intensity == "minmax":
+        # for masks and small structures, where the 0.5-99.5 percentiles coincide
+        steps.append(ScaleIntensityd("image", minv=0.0, maxv=1.0))
     elif intensity == "zscore":
         steps.append(NormalizeIntensityd("image", nonzero=True))
     elif intensity != "none":

@@ -1,0 +1,243 @@
+"""Benchmark: medlatent's VQVAE3d against monai.networks.nets.VQVAE at the same wall-clock budget.
+
+Both models see the IXI config's data and split (configs/vqvae3d_ixi.yaml: 145 training
+volumes at 64x64x48), the same batches (batch 4, same seed), L1 + quantizer loss, Adam 1e-3,
+and the same training time. MONAI's net is the one measured in DESIGN.md (channels 32/64, 2
+residual layers, 256 x 32 codebook, its default EMA decay 0.5); ours takes the width whose
+parameter count is closest to MONAI's (within 10%). Each model trains in its own process (so
+that peak RSS is its own), one after the other.
+
+Reported per model: test SSIM, PSNR, MAE, fraction of codes used on the test set, training
+volumes per second, FLOPs per training step (torch.utils.flop_counter) and achieved GFLOP/s,
+peak RSS, parameters.
+
+    python benchmarks/vqvae_vs_monai.py [--budget-min 15] [--json OUT] [--adrenal]
+
+``--adrenal`` also trains ours on configs/vqvae3d_adrenal.yaml for the budget and reports
+test SSIM and the Dice of the reconstruction thresholded at 0.5 against the input's mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BATCH, LR, SEED = 4, 1.0e-3, 0
+KEYS = ("ssim", "psnr", "mae", "codes_used_frac", "vol_per_s", "gflop_per_step", "gflops_per_s", "peak_rss_mb",
+        "params")
+
+
+def monai_model() -> torch.nn.Module:
+    from monai.networks.nets import VQVAE
+
+    return VQVAE(spatial_dims=3, in_channels=1, out_channels=1, channels=(32, 64), num_res_layers=2,
+                 num_res_channels=(32, 64), downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)),
+                 upsample_parameters=((2, 4, 1, 1, 0), (2, 4, 1, 1, 0)), num_embeddings=256, embedding_dim=32)
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def our_model(cfg: dict[str, Any], target_params: int | None) -> torch.nn.Module:
+    """Ours from the config; with ``target_params`` the encoder width closest to that count."""
+    import copy
+
+    from vqvae3d.family import build_model
+
+    if target_params is None:
+        return build_model(cfg)
+    best = None
+    for width in range(32, 129, 2):
+        trial = copy.deepcopy(cfg)
+        trial["net"]["channels"] = [width]
+        params = count(build_model(trial))
+        if best is None or abs(params - target_params) < abs(best[1] - target_params):
+            best = (width, params)
+    cfg = copy.deepcopy(cfg)
+    cfg["net"]["channels"] = [best[0]]
+    return build_model(cfg)
+
+
+def load_split(cfg: dict[str, Any], cache: Path) -> Path:
+    """Preprocess the train and test splits once into a tensor file both model processes read."""
+    from transforms.pipeline import make_dataset
+    from transforms.records import load_split_records
+
+    records, _ = load_split_records(cfg["data"])
+    tensors = {}
+    for split in ("train", "test"):
+        dataset = make_dataset(records[split], cfg["data"], train=False)
+        tensors[split] = torch.stack([dataset[i]["image"].as_tensor() for i in range(len(dataset))])
+    torch.save(tensors, cache)
+    return cache
+
+
+def forward(kind: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(x)
+    return out[0], out[1]
+
+
+def train_step(kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    reconstruction, q_loss = forward(kind, model, x)
+    loss = (reconstruction - x).abs().mean() + q_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def code_indices(kind: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if kind == "monai":
+        return model.index_quantize(x)
+    return torch.cat([g.flatten() for g in model.encode_indices(x)])
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MiB): VmHWM, which exec resets, unlike ru_maxrss (that a spawned
+    child inherits from its parent's high-water mark)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_model(kind: str, data_file: str, budget_s: float, cfg: dict[str, Any], target_params: int | None,
+              queue: Any, dice: bool = False) -> None:
+    """Train one model for ``budget_s`` seconds and put its figures on ``queue`` (runs in a child process)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medlatent.metrics import reconstruction_metrics
+
+    torch.manual_seed(SEED)
+    data = torch.load(data_file, weights_only=True)
+    train, test = data["train"], data["test"]
+    model = monai_model() if kind == "monai" else our_model(cfg, target_params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+
+    # FLOPs of one training step, on a copy so the measured run starts from the same state
+    probe_model = copy.deepcopy(model)
+    probe_opt = torch.optim.Adam(probe_model.parameters(), lr=LR)
+    with FlopCounterMode(display=False) as counter:
+        train_step(kind, probe_model, probe_opt, train[:BATCH])
+    flops = counter.get_total_flops()
+    del probe_model, probe_opt
+
+    model.train()
+    generator = torch.Generator().manual_seed(SEED)
+    volumes, steps, started = 0, 0, time.perf_counter()
+    while time.perf_counter() - started < budget_s:
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(order) - BATCH + 1, BATCH):
+            train_step(kind, model, optimizer, train[order[start:start + BATCH]])
+            volumes += BATCH
+            steps += 1
+            if time.perf_counter() - started >= budget_s:
+                break
+    seconds = time.perf_counter() - started
+
+    model.eval()
+    sums: dict[str, float] = {}
+    used: set[int] = set()
+    dice_sum, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(test), BATCH):
+            x = test[start:start + BATCH]
+            reconstruction, _ = forward(kind, model, x)
+            for key, values in reconstruction_metrics(reconstruction, x, data_range=1.0).items():
+                sums[key] = sums.get(key, 0.0) + float(values.sum())
+            used.update(code_indices(kind, model, x).unique().tolist())
+            if dice:
+                pred, truth = reconstruction > 0.5, x > 0.5
+                inter = (pred & truth).flatten(1).sum(1).float()
+                total = pred.flatten(1).sum(1).float() + truth.flatten(1).sum(1).float()
+                dice_sum += float((2 * inter / total.clamp(min=1)).sum())
+            n += len(x)
+    codes = 256 if kind == "monai" else sum(model.num_codes)
+    result = {
+        "ssim": sums["ssim"] / n, "psnr": sums["psnr"] / n, "mae": sums["mae"] / n,
+        "codes_used_frac": len(used) / codes, "vol_per_s": volumes / seconds,
+        "gflop_per_step": flops / 1e9, "gflops_per_s": flops * steps / seconds / 1e9,
+        "peak_rss_mb": peak_rss_mb(),
+        "params": count(model), "train_seconds": seconds, "train_volumes": volumes, "n_test": n,
+    }
+    if dice:
+        result["dice"] = dice_sum / n
+    queue.put(result)
+
+
+def in_child(*args: Any) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=run_model, args=(*args[:5], queue, *args[5:]))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def table(results: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> str:
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, values in results.items():
+        cells = [f"{values[k]:.4g}" if isinstance(values[k], float) else str(values[k]) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from medlatent.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-min", type=float, default=15.0, help="training minutes per model (default 15)")
+    parser.add_argument("--json", help="write the figures here as JSON")
+    parser.add_argument("--adrenal", action="store_true", help="also train ours on AdrenalMNIST3D 64")
+    args = parser.parse_args(argv)
+    budget_s = args.budget_min * 60
+
+    import os
+
+    os.chdir(ROOT)  # config data paths are relative to the repository root
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(ROOT / "configs" / "vqvae3d_ixi.yaml")
+        cfg["loss"]["recon"] = "l1"
+        data = load_split(cfg, Path(tmp) / "ixi.pt")
+        target = count(monai_model())
+        for kind in ("medlatent", "monai"):
+            print(f"training {kind} for {args.budget_min} min ...", flush=True)
+            results[kind] = in_child(kind, str(data), budget_s, cfg, target)
+        print(table({k: results[k] for k in ("medlatent", "monai")}, KEYS))
+        ours, theirs = results["medlatent"], results["monai"]
+        print(f"\nparams ratio {ours['params'] / theirs['params']:.3f}, throughput ratio "
+              f"{ours['vol_per_s'] / theirs['vol_per_s']:.2f}x, SSIM {ours['ssim']:.3f} vs {theirs['ssim']:.3f}")
+        if args.adrenal:
+            adrenal = load_config(ROOT / "configs" / "vqvae3d_adrenal.yaml")
+            data = load_split(adrenal, Path(tmp) / "adrenal.pt")
+            print(f"training medlatent on AdrenalMNIST3D for {args.budget_min} min ...", flush=True)
+            results["adrenal"] = in_child("medlatent", str(data), budget_s, adrenal, None, True)
+            print(table({"medlatent (adrenal)": results["adrenal"]}, ("ssim", "dice", "psnr", "codes_used_frac",
+                                                                       "vol_per_s")))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
