@@ -10,10 +10,13 @@ import importlib
 import time
 from pathlib import Path
 
-from medlatent.config import FAMILIES, COMMON_DEFAULTS
+from medlatent.config import COMMON_DEFAULTS, FAMILIES, load_config
 from medlatent.io import write_text_atomic
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "CONFIGS"]
+
+# the demo runs the same configs/<model>_demo.yaml files a user can train from
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _time_cached_passes(manifest: Path, spatial_size: list[int]) -> str:
@@ -59,15 +62,11 @@ def run_demo(out: Path, quick: bool = False) -> list[str]:
     print(lines[-1], flush=True)
 
     for model, module_name in FAMILIES.items():
-        try:
-            family = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name not in (module_name, module_name.split(".")[0]):
-                raise
-            continue  # a family that has not landed yet
-        if hasattr(family, "run_demo"):
-            print(f"--- {model} ---", flush=True)
-            lines.extend(family.run_demo(out / model, manifest, quick))
+        family = importlib.import_module(module_name)
+        config = CONFIGS / f"{model}_demo.yaml"
+        overrides = [f"data.manifest={manifest}"] + (["train.epochs=2"] if quick else [])
+        print(f"--- {model} ({config}) ---", flush=True)
+        lines.extend(family.run_demo(out / model, load_config(config, overrides), manifest))
     lines.append(f"demo finished in {time.perf_counter() - started:.0f} s; everything is under {out.resolve()}")
     print("\nWhere to look:\n" + "\n".join(f"  {line}" for line in lines), flush=True)
     return lines

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from medlatent.io import atomic_path  # noqa: E402
 
-__all__ = ["orthogonal_slices", "save_slice_grid", "save_curves", "save_figure"]
+__all__ = ["orthogonal_slices", "save_slice_grid", "save_curves", "save_figure", "save_overlay"]
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -83,4 +83,59 @@ def save_curves(history: Sequence[dict], path: str | os.PathLike, metrics: Seque
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+# side labels of each view as orthogonal_slices displays it: (left, right, bottom, top)
+_SIDES = {"axial": ("L", "R", "P", "A"), "coronal": ("L", "R", "I", "S"), "sagittal": ("P", "A", "I", "S")}
+
+
+def save_overlay(scan: np.ndarray | torch.Tensor, overlay: np.ndarray | torch.Tensor, path: str | os.PathLike,
+                 point: Sequence[int] | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                 title: str | None = None, label: str = "attention", vmin: float = 0.0, vmax: float = 1.0,
+                 cmap: str = "jet", alpha: float = 0.45) -> None:
+    """A scan with a map overlaid on the three orthogonal slices through ``point``, as one PNG.
+
+    Both volumes are RAS-ordered ``[X, Y, Z]`` on the same grid (reorient first, e.g. with
+    MONAI ``Orientation(axcodes="RAS")``). Each panel is labelled with the patient directions at
+    its edges (L/R, A/P, S/I) and drawn with the voxel aspect ratio of ``spacing``; the map has
+    a colorbar. Map values below 5% of ``vmax`` are left transparent so the anatomy stays visible.
+
+    Args:
+        scan: ``[X, Y, Z]`` (or ``[1, X, Y, Z]``) intensities; windowed to its 1-99th percentile.
+        overlay: same shape, the map (e.g. attention in [0, 1]).
+        path: PNG file, written atomically.
+        point: voxel ``(x, y, z)`` the slices pass through; default the map's peak.
+        spacing: voxel size in mm along X, Y, Z.
+        title: figure title.
+        label: colorbar label.
+    """
+    scan_np, map_np = _as_numpy(scan), _as_numpy(overlay)
+    if scan_np.shape != map_np.shape:
+        raise ValueError(f"scan {scan_np.shape} and overlay {map_np.shape} must have the same shape")
+    if point is None:
+        point = np.unravel_index(int(np.nanargmax(np.nan_to_num(map_np, nan=-np.inf))), map_np.shape)
+    point = [int(np.clip(p, 0, n - 1)) for p, n in zip(point, map_np.shape)]
+    lo, hi = np.percentile(scan_np, [1, 99]) if scan_np.size else (0.0, 1.0)
+    sx, sy, sz = (float(s) for s in spacing)
+    # imshow aspect = height of a pixel / its width, in mm
+    aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 4.0))
+    image = None
+    for ax, view, plane, heat in zip(axes, VIEWS, orthogonal_slices(scan_np, point), orthogonal_slices(map_np, point)):
+        ax.imshow(plane, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspects[view])
+        shown = np.ma.masked_where(~(heat > vmin + 0.05 * (vmax - vmin)), heat)
+        image = ax.imshow(shown, cmap=cmap, origin="lower", vmin=vmin, vmax=vmax, alpha=alpha, aspect=aspects[view])
+        left, right, bottom, top = _SIDES[view]
+        style = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}
+        ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+        ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+        ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+        ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+        ax.set_title(f"{view} (voxel {point[{'axial': 2, 'coronal': 1, 'sagittal': 0}[view]]})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), fraction=0.025, pad=0.02, label=label)
+    if title:
+        fig.suptitle(title, fontsize=10)
     save_figure(fig, path)

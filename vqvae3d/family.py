@@ -21,7 +21,7 @@ from medlatent.runs import checkpoint_path, load_checkpoint, load_run_config, wr
 from vqvae3d.model import VQVAE3d
 from vqvae3d.task import VQVAETask
 
-__all__ = ["DEFAULTS", "DEMO_CONFIG", "build_model", "build_task", "load_model", "cmd_evaluate", "cmd_reconstruct",
+__all__ = ["DEFAULTS", "build_model", "build_task", "load_model", "cmd_evaluate", "cmd_reconstruct",
            "cmd_encode", "encode_features", "cmd_train_prior", "cmd_sample", "run_demo"]
 
 DEFAULTS: dict[str, Any] = {
@@ -43,17 +43,6 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"recon": "mse", "commitment": 0.25},
     "train": {"best_metric": "val_ssim", "best_mode": "max"},
 }
-
-# the phantom demo (configs/vqvae3d_demo.yaml holds the same settings as a file)
-DEMO_CONFIG: dict[str, Any] = {
-    "model": "vqvae3d",
-    "data": {"spatial_size": [32, 32, 32], "intensity": "percentile", "cache": "memory",
-             "split": {"val": 0.2, "test": 0.2, "seed": 0}},
-    "net": {"channels": [32], "embedding_dim": 16, "num_codes": 64, "num_res_units": 1},
-    "loss": {"recon": "mse"},
-    "train": {"epochs": 8, "batch_size": 4, "lr": 1.0e-3, "seed": 0, "num_workers": 0},
-}
-
 
 # --- model and task ----------------------------------------------------------------------
 
@@ -217,17 +206,11 @@ def cmd_sample(run: Path, n: int = 8, label: str | None = None, temperature: flo
 
 # --- demo ------------------------------------------------------------------------------------
 
-def run_demo(workdir: Path, manifest: Path, quick: bool) -> list[str]:
-    """Train, evaluate and reconstruct the VQ-VAE on the phantom manifest; lines for the user."""
-    from medlatent.config import resolve
+def run_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
+    """Train, evaluate and reconstruct the VQ-VAE on the phantoms (``cfg`` from configs/vqvae3d_demo.yaml)."""
     from medlatent.train import train
     from transforms.manifest import read_manifest
 
-    raw = copy.deepcopy(DEMO_CONFIG)
-    raw["data"]["manifest"] = str(manifest)
-    if quick:
-        raw["train"]["epochs"] = 2
-    cfg = resolve(raw, source="vqvae3d demo")
     run = Path(workdir) / "run"
     resume = (run / "checkpoints" / "last.pt").is_file()
     train(cfg, run, resume=resume)

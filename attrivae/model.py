@@ -1,0 +1,147 @@
+"""The Attri-VAE network: shared 3D conv encoder -> (mu, logvar) -> z -> shared 3D conv decoder, plus an MLP classifier on z."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medlatent.blocks import Decoder3d, Encoder3d
+
+__all__ = ["AttriVAE", "ClassifierHead", "encoder_layer_shapes"]
+
+
+class ClassifierHead(nn.Module):
+    """``latent -> hidden[0] -> hidden[1] -> outputs``, batch norm and ReLU between (Cetin et al. 2023).
+
+    Args:
+        latent_dim: size of ``z``.
+        outputs: 1 logit for a binary label, else one logit per class.
+        hidden: widths of the hidden layers (paper: 32, 16).
+    """
+
+    def __init__(self, latent_dim: int, outputs: int, hidden: Sequence[int] = (32, 16)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = latent_dim
+        for width in hidden:
+            layers += [nn.Linear(previous, width), nn.BatchNorm1d(width), nn.ReLU()]
+            previous = width
+        layers.append(nn.Linear(previous, outputs))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, latent_dim] -> [B, outputs]`` logits."""
+        return self.layers(z)
+
+
+def encoder_layer_shapes(spatial_size: Sequence[int], levels: int) -> dict[str, tuple[int, int, int]]:
+    """Spatial output size of each Grad-CAM-able encoder layer, in forward order.
+
+    Names are ``Encoder3d`` attribute paths under ``encoder.``: the stem keeps the input size,
+    level ``i`` halves it ``i + 1`` times, the residual stack and head keep the last level's.
+    """
+    shapes: dict[str, tuple[int, int, int]] = {"encoder.stem": tuple(int(s) for s in spatial_size)}
+    for i in range(levels):
+        shapes[f"encoder.levels.{i}"] = tuple(int(s) // 2 ** (i + 1) for s in spatial_size)
+    shapes["encoder.residual"] = shapes[f"encoder.levels.{levels - 1}"]
+    shapes["encoder.head"] = shapes["encoder.residual"]
+    return shapes
+
+
+class AttriVAE(nn.Module):
+    """Variational autoencoder for ``[B, 1, D, H, W]`` volumes with a classifier on the latent.
+
+    Encoder: ``Encoder3d`` (one stride-2 level per entry of ``channels``) to
+    ``[B, bottleneck, D/2^L, H/2^L, W/2^L]``, flattened, then one linear layer to ``mu`` and
+    ``logvar`` (``sigma = exp(0.5 * logvar)``). Decoder: a linear layer back to the bottleneck
+    grid, then ``Decoder3d``. The classifier reads ``z`` (sampled in training, ``mu`` in eval).
+
+    Args:
+        spatial_size: ``(D, H, W)`` of the input; each must be divisible by ``2 ** len(channels)``.
+        channels: encoder widths per level (the decoder mirrors them).
+        latent_dim: size of ``z`` (paper default 64).
+        bottleneck_channels: channels of the conv grid before flattening.
+        num_res_units: residual units at the bottom of encoder and decoder.
+        norm: ``none | batch | instance | group`` inside the conv blocks.
+        num_outputs: classifier logits (1 = binary); 0 for no classifier.
+        classifier_hidden: hidden widths of the classifier.
+        output: ``sigmoid`` (volumes scaled to [0, 1]) or ``linear``.
+        classifier_input: ``z`` (the paper: the sampled code in training) or ``mu`` (the mean;
+            the classifier then trains without the sampling noise). At inference both read ``mu``.
+    """
+
+    def __init__(self, spatial_size: Sequence[int], channels: Sequence[int] = (16, 32, 64, 64), latent_dim: int = 64,
+                 bottleneck_channels: int = 16, num_res_units: int = 1, norm: str = "batch", num_outputs: int = 1,
+                 classifier_hidden: Sequence[int] = (32, 16), output: str = "sigmoid",
+                 classifier_input: str = "z") -> None:
+        super().__init__()
+        channels = list(channels)
+        factor = 2 ** len(channels)
+        if any(int(s) % factor for s in spatial_size):
+            raise ValueError(f"spatial_size {list(spatial_size)} must be divisible by 2**len(channels) = {factor}")
+        if classifier_input not in ("z", "mu"):
+            raise ValueError(f"classifier_input must be z or mu, got {classifier_input!r}")
+        self.classifier_input = classifier_input
+        if output not in ("sigmoid", "linear"):
+            raise ValueError(f"output must be sigmoid or linear, got {output!r}")
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        self.latent_dim = int(latent_dim)
+        self.grid = tuple(s // factor for s in self.spatial_size)
+        self.bottleneck_channels = int(bottleneck_channels)
+        flat = self.bottleneck_channels * self.grid[0] * self.grid[1] * self.grid[2]
+        self.encoder = Encoder3d(1, channels, bottleneck_channels, num_res_units=num_res_units, norm=norm)
+        self.to_moments = nn.Linear(flat, 2 * self.latent_dim)  # -> [mu | logvar]
+        self.from_latent = nn.Linear(self.latent_dim, flat)
+        self.decoder = Decoder3d(bottleneck_channels, channels[::-1], 1, num_res_units=num_res_units, norm=norm)
+        self.output = output
+        self.classifier = ClassifierHead(self.latent_dim, num_outputs, classifier_hidden) if num_outputs else None
+        self.levels = len(channels)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 1, D, H, W] -> (mu [B, L], logvar [B, L])``."""
+        h = self.encoder(x).flatten(1)  # [B, bottleneck * d * h * w]
+        mu, logvar = self.to_moments(h).chunk(2, dim=1)
+        # keep exp(logvar) finite early in training, when the flattened features are large
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """``z = mu + exp(0.5 * logvar) * eps`` with ``eps ~ N(0, I)``; ``[B, L]``."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, L] -> [B, 1, D, H, W]``."""
+        h = self.from_latent(z).view(-1, self.bottleneck_channels, *self.grid)
+        x = self.decoder(h)
+        return torch.sigmoid(x) if self.output == "sigmoid" else x
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, L] -> [B, outputs]`` logits; RuntimeError if the model was built without a classifier."""
+        if self.classifier is None:
+            raise RuntimeError("this model was trained without a label, so it has no classifier")
+        return self.classifier(z)
+
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> dict[str, torch.Tensor]:
+        """Everything a training or validation step needs in one call (so DDP sees one forward).
+
+        Args:
+            x: ``[B, 1, D, H, W]``.
+            sample: draw ``z`` (default: in training mode) or use ``z = mu``.
+
+        Returns:
+            ``recon [B,1,D,H,W]``, ``mu``, ``logvar``, ``z`` ``[B, L]`` and, with a classifier,
+            ``logits [B, outputs]``.
+        """
+        mu, logvar = self.encode(x)
+        sample = self.training if sample is None else sample
+        z = self.reparameterize(mu, logvar) if sample else mu
+        out = {"recon": self.decode(z), "mu": mu, "logvar": logvar, "z": z}
+        if self.classifier is not None:
+            out["logits"] = self.classifier(z if self.classifier_input == "z" else mu)
+        return out
+
+    def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """Output size of each encoder layer usable for Grad-CAM (see ``encoder_layer_shapes``)."""
+        return encoder_layer_shapes(self.spatial_size, self.levels)

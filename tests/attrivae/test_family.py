@@ -1,0 +1,92 @@
+import importlib.util
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from attrivae import family
+from attrivae.attributes import AttributeMap
+from medlatent.cli import main
+from medlatent.errors import InputError
+
+from .conftest import IXI_T1
+
+
+def test_run_saves_scaler_and_dim_map(trained_run):
+    amap = AttributeMap.load(trained_run)
+    assert amap.regularized == ["cavity_volume_mm3", "wall_thickness_mm"] and amap.dims == [0, 1]
+    assert amap.names[2] == "intensity" and amap.classes == ["0", "1"]
+    assert all(lo < hi for lo, hi in zip(amap.minimum, amap.maximum))
+
+
+def test_evaluate_writes_every_metric(trained_run):
+    assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
+    metrics = json.loads((trained_run / "eval" / "metrics.json").read_text())
+    for key in ("mse", "ssim", "accuracy", "auc", "interpretability", "mig", "sap", "scc", "modularity"):
+        assert key in metrics
+    assert 0 <= metrics["ssim"] <= 1 and 0 <= metrics["accuracy"] <= 1
+    assert set(metrics["per_attribute"]) == {"cavity_volume_mm3", "wall_thickness_mm", "intensity"}
+    per_subject = pd.read_csv(trained_run / "eval" / "per_subject.csv")
+    assert len(per_subject) == metrics["n"] == 8
+    assert {"subject", "mse", "ssim", "prob", "label", "z_cavity_volume_mm3"} <= set(per_subject.columns)
+
+
+def test_encode_writes_mu_per_subject(trained_run, phantom_manifest, tmp_path):
+    assert main(["encode", str(trained_run), str(phantom_manifest), "-o", str(tmp_path / "f.csv"),
+                 "--codes", str(tmp_path / "codes")]) == 0
+    features = pd.read_csv(tmp_path / "f.csv")
+    assert len(features) == 40 and list(features.columns[:2]) == ["subject", "mu_0"] and features.shape[1] == 17
+    assert np.load(tmp_path / "codes" / "phantom_000.npy").shape == (16,)
+    # the regularised dim follows cavity volume across subjects
+    truth = pd.read_csv(phantom_manifest).set_index("subject").loc[features["subject"], "cavity_volume_mm3"]
+    assert abs(pd.Series(features["mu_0"].to_numpy()).corr(pd.Series(truth.to_numpy()), method="spearman")) > 0.5
+
+
+def test_reconstruct_keeps_the_input_geometry(trained_run, tmp_path):
+    if not IXI_T1.is_file():
+        pytest.skip("IXI sample not available")
+    assert main(["reconstruct", str(trained_run), str(IXI_T1), str(tmp_path / "r.nii.gz")]) == 0
+    out, ref = nib.load(tmp_path / "r.nii.gz"), nib.load(IXI_T1)
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["traverse", "{run}", "{scan}", "--attribute", "age", "-o", "{tmp}"],
+     "unknown attribute 'age'; regularized attributes in this run: cavity_volume_mm3, wall_thickness_mm"),
+    (["traverse", "{run}", "{scan}", "--attribute", "intensity", "-o", "{tmp}"],
+     "'intensity' is not regularized in this run"),
+    (["attention", "{run}", "{scan}", "--attribute", "intensity", "-o", "{tmp}"],
+     "regularized attributes: cavity_volume_mm3, wall_thickness_mm"),
+    (["attention", "{run}", "{scan}", "--class", "--layer", "encoder.nope", "-o", "{tmp}"],
+     "available: encoder.stem"),
+    (["evaluate", "{run}", "--prior"], "no prior"),
+    (["traverse", "{run}", "{scan}", "--attribute", "cavity_volume_mm3", "--steps", "1", "-o", "{tmp}"],
+     "--steps must be at least 2"),
+], ids=["unknown", "unregularized", "attention-unregularized", "bad-layer", "prior", "steps"])
+def test_bad_input_exits_2_listing_what_is_available(trained_run, phantom_manifest, tmp_path, capsys, argv, message):
+    scan = phantom_manifest.parent / pd.read_csv(phantom_manifest)["image"][0]
+    args = [a.format(run=trained_run, scan=scan, tmp=tmp_path / "o") for a in argv]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def _other_family_run(tmp_path):
+    run = tmp_path / "vq"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: vqvae3d\n")
+    return run
+
+
+def test_a_run_of_the_other_family_is_refused_with_the_commands_listed(tmp_path, phantom_manifest):
+    run = _other_family_run(tmp_path)
+    with pytest.raises(InputError, match="vqvae3d run, not an attrivae run; attrivae commands: evaluate, reconstruct"):
+        family.cmd_traverse(run, phantom_manifest, "cavity_volume_mm3", out=tmp_path / "o")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vqvae3d.family") is None, reason="vqvae3d family not installed yet")
+def test_cli_on_a_vqvae_run_exits_2(tmp_path, phantom_manifest, capsys):
+    run = _other_family_run(tmp_path)
+    code = main(["traverse", str(run), str(phantom_manifest), "--attribute", "x", "-o", str(tmp_path / "o")])
+    assert code == 2 and "available" in capsys.readouterr().err

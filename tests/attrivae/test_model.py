@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from attrivae.model import AttriVAE
+from medlatent.blocks import Decoder3d, Encoder3d
+
+
+def test_shapes_and_shared_blocks():
+    model = AttriVAE((32, 32, 16), channels=(4, 8), latent_dim=6, bottleneck_channels=4, num_outputs=3)
+    assert isinstance(model.encoder, Encoder3d) and isinstance(model.decoder, Decoder3d)
+    out = model(torch.rand(2, 1, 32, 32, 16))
+    assert out["recon"].shape == (2, 1, 32, 32, 16)
+    assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (2, 6)
+    assert out["logits"].shape == (2, 3)
+    assert 0 <= out["recon"].min() and out["recon"].max() <= 1  # sigmoid output
+
+
+def test_classifier_head_is_latent_32_16_classes_with_batchnorm():
+    model = AttriVAE((16, 16, 16), channels=(4, 8), latent_dim=64, bottleneck_channels=4, num_outputs=1)
+    linears = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 32), (32, 16), (16, 1)]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.classifier.modules()) == 2
+
+
+def test_eval_is_deterministic_and_training_samples():
+    torch.manual_seed(0)
+    model = AttriVAE((16, 16, 16), channels=(4, 8), latent_dim=4, bottleneck_channels=4, num_outputs=0)
+    x = torch.rand(2, 1, 16, 16, 16)
+    model.eval()
+    assert torch.equal(model(x)["z"], model(x)["mu"])
+    model.train()
+    assert not torch.equal(model(x)["z"], model(x)["mu"])
+
+
+def test_rejects_sizes_the_levels_cannot_halve():
+    with pytest.raises(ValueError, match="divisible"):
+        AttriVAE((30, 32, 32), channels=(4, 8))
