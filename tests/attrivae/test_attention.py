@@ -75,7 +75,7 @@ def test_randomized_model_gives_different_maps(lesion_subjects):
 @pytest.mark.parametrize("target", [{"use_class": True}, {"attribute": "wall_thickness_mm"}], ids=["class", "attribute"])
 def test_attention_nifti_overlays_the_scan(trained_run, tmp_path, scan, target):
     if not scan.is_file():
-        pytest.skip(f"{scan} not available")
+        pytest.fail(f"real data missing: {scan}")
     out = cmd_attention(trained_run, scan, out=tmp_path, **target)
     name = "class" if "use_class" in target else target["attribute"]
     result = nib.load(out / f"attention_{name}.nii.gz")

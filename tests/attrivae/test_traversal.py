@@ -32,7 +32,7 @@ def test_calibration_recovers_a_linear_map():
 @pytest.mark.parametrize("scan", [IXI_T1, CT_PITCH], ids=["ixi_PSR", "ct_oblique"])
 def test_traversal_steps_keep_the_input_geometry(trained_run, tmp_path, scan):
     if not scan.is_file():
-        pytest.skip(f"{scan} not available")
+        pytest.fail(f"real data missing: {scan}")
     out = cmd_traverse(trained_run, scan, "cavity_volume_mm3", steps=3, value_range=(-2, 2), out=tmp_path / "t")
     reference = nib.load(scan)
     for i in range(3):

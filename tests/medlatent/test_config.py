@@ -27,7 +27,6 @@ def test_strict_merge_names_the_unknown_key():
 
 
 def test_load_config_applies_yaml_then_overrides_and_absolutizes(tmp_path, monkeypatch):
-    pytest.importorskip("vqvae3d.family")
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "c.yaml"
     path.write_text("model: vqvae3d\ndata:\n  manifest: data/m.csv\ntrain:\n  epochs: 7\n")

@@ -118,7 +118,7 @@ def test_load_volume_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_config_errors_name_the_key() -> None:
-    for key, value in (("intensity", "minmax"), ("spatial_fit", "stretch"), ("spatial_size", [64, 64])):
+    for key, value in (("intensity", "sigmoid"), ("spatial_fit", "stretch"), ("spatial_size", [64, 64])):
         with pytest.raises(InputError, match=f"data.{key}"):
             preprocessing({**CFG, key: value})
     with pytest.raises(InputError, match="data.augment.*'mixup'"):

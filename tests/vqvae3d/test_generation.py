@@ -27,7 +27,6 @@ SIZE = [16, 16, 16]
 TINY = ["--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "prior.eval.num_samples=4",
         "--set", "prior.eval.permutations=50"]
 
-pytestmark = pytest.mark.skipif(not (IXI / "participants.csv").is_file(), reason="IXI data not found")
 
 
 @pytest.fixture(autouse=True)
