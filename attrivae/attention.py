@@ -1,20 +1,35 @@
-"""Grad-CAM attention maps of the encoder (captum ``LayerGradCam``) for one latent attribute or the classifier."""
+"""Class-activation maps of the encoder for one latent attribute or the classifier, computed with captum.
+
+Two methods, both gradient x activation at an encoder layer, ReLU, upsampled to the input:
+
+- ``hirescam`` (default; Draelos and Carin 2020): the element-wise product of the layer's
+  activations and the gradient of the target, summed over channels (captum
+  ``LayerGradientXActivation``). For a network that flattens its last feature map into fully
+  connected layers, as the Attri-VAE's encoder does, this is the map that is faithful to the
+  model: summed over voxels it is the first-order contribution of the layer to the target.
+- ``gradcam`` (Selvaraju et al. 2017; captum ``LayerGradCam``): each channel weighted by its
+  gradient averaged over the whole map. The averaging is exact for networks that end in global
+  average pooling; after a flatten + linear layer it mixes the evidence of every location into
+  one weight per channel, and on the lesion phantoms the map then misses the lesion (measured
+  in docs/attrivae.md).
+"""
 
 from __future__ import annotations
 
 import copy
 
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
+from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from torch import nn
 
 from attrivae.model import AttriVAE
 from medlatent.errors import InputError
 
-__all__ = ["default_layer", "resolve_layer", "grad_cam", "randomized_copy", "MIN_VOXELS"]
+__all__ = ["default_layer", "resolve_layer", "grad_cam", "randomized_copy", "MIN_VOXELS", "METHODS"]
 
 #: a Grad-CAM layer coarser than this per axis cannot localise anything useful
 MIN_VOXELS = 4
+METHODS = ("hirescam", "gradcam")
 
 
 def default_layer(model: AttriVAE) -> str:
@@ -48,25 +63,29 @@ class _Explained(nn.Module):
 
 
 def grad_cam(model: AttriVAE, x: torch.Tensor, layer: str | None = None, dim: int | None = None,
-             relu: bool = True) -> torch.Tensor:
-    """Grad-CAM of ``mu[:, dim]`` (an attribute) or, with ``dim=None``, of the classifier logit.
+             relu: bool = True, method: str = "hirescam") -> torch.Tensor:
+    """Attention map of ``mu[:, dim]`` (an attribute) or, with ``dim=None``, of the classifier logit.
 
     For a binary classifier the single logit is explained (evidence for the positive class);
-    for several classes, each item's predicted class. The layer map is passed through ReLU,
-    upsampled to the input with captum's ``LayerAttribution.interpolate`` (trilinear) and
-    divided by its maximum, so each map lies in [0, 1] (all zeros where nothing is positive).
+    for several classes, each item's predicted class. The layer map (``method``, see the module
+    docstring) is passed through ReLU, upsampled to the input with captum's
+    ``LayerAttribution.interpolate`` (trilinear) and divided by its maximum, so each map lies in
+    [0, 1] (all zeros where nothing is positive).
 
     Args:
         model: a trained ``AttriVAE`` (set to eval mode here).
         x: ``[B, 1, D, H, W]`` preprocessed volumes.
         layer: encoder layer name (``AttriVAE.layer_shapes``); default ``default_layer``.
         dim: latent dimension to explain, or None for the classifier.
-        relu: keep only positive evidence (Grad-CAM); False returns the signed map divided by
-            its largest magnitude, in [-1, 1] (for comparing maps, e.g. the randomisation check).
+        relu: keep only positive evidence; False returns the signed map divided by its largest
+            magnitude, in [-1, 1] (for comparing maps, e.g. the randomisation check).
+        method: ``hirescam`` (default) or ``gradcam``.
 
     Returns:
         ``[B, 1, D, H, W]`` float32 in [0, 1] (``relu=False``: [-1, 1]), on ``x``'s device, detached.
     """
+    if method not in METHODS:
+        raise InputError(f"attention method must be one of {', '.join(METHODS)}, got {method!r}")
     model.eval()
     _, module = resolve_layer(model, layer)
     explained = _Explained(model, dim)
@@ -76,7 +95,12 @@ def grad_cam(model: AttriVAE, x: torch.Tensor, layer: str | None = None, dim: in
             logits = explained(x)
         target = 0 if logits.shape[1] == 1 else logits.argmax(1).tolist()
     with torch.enable_grad():
-        cam = LayerGradCam(explained, module).attribute(x, target=target, relu_attributions=relu)  # [B, 1, d, h, w]
+        if method == "gradcam":
+            cam = LayerGradCam(explained, module).attribute(x, target=target)  # [B, 1, d, h, w]
+        else:
+            cam = LayerGradientXActivation(explained, module).attribute(x, target=target).sum(1, keepdim=True)
+    if relu:
+        cam = cam.clamp_min(0.0)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), interpolate_mode="trilinear")
     cam = torch.nan_to_num(cam.float(), nan=0.0)
     if relu:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import yaml
 
-from attrivae.attention import grad_cam, resolve_layer
+from attrivae.attention import METHODS, grad_cam, resolve_layer
 from attrivae.attributes import AttributeMap, check_attributes_present, fit_attribute_map
 from attrivae.model import AttriVAE
 from attrivae.task import AttriVAETask, plain
@@ -43,7 +43,8 @@ DEFAULTS: dict[str, Any] = {
         "classifier_hidden": [32, 16],  # paper: latent -> 32 -> 16 -> classes
         "output": "sigmoid",            # volumes are scaled to [0, 1] by data.intensity: percentile
         "classifier_input": "z",        # z (paper) or mu: what the classifier reads in training
-        "attention_layer": None,        # Grad-CAM layer; None = last encoder layer with >= 4 voxels per axis
+        "attention_layer": None,        # attention map layer; None = last encoder layer with >= 4 voxels per axis
+        "attention_method": "hirescam",  # hirescam (faithful after the encoder's flatten + linear) or gradcam
     },
     "loss": {
         "beta": 2.0,          # KL weight
@@ -423,12 +424,15 @@ def _ras(volume: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(plain(oriented)[0].float().numpy()), np.linalg.norm(affine[:3, :3], axis=0)
 
 
+METHOD_NAMES = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM"}
+
+
 def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, folder: Path,
-                   layer: str, dim: int | None) -> dict[str, Any]:
-    """Grad-CAM of one scan -> ``folder/attention_<label>.nii.gz`` (input geometry) and ``.png``; returns an index row."""
+                   layer: str, dim: int | None, method: str) -> dict[str, Any]:
+    """Attention map of one scan -> ``folder/attention_<label>.nii.gz`` (input geometry) and ``.png``; returns an index row."""
     from medlatent.figures import save_overlay
 
-    cam = grad_cam(state.model, _batch(item, state.device), layer, dim)[0].cpu()  # [1, D, H, W]
+    cam = grad_cam(state.model, _batch(item, state.device), layer, dim, method=method)[0].cpu()  # [1, D, H, W]
     mapped = _to_input(cam, item, state.cfg)
     mapped = type(mapped)(torch.nan_to_num(plain(mapped).float(), nan=0.0).clamp(0.0, 1.0), meta=mapped.meta)
     nifti = folder / f"attention_{label}.nii.gz"
@@ -440,10 +444,11 @@ def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label
     scan_ras, spacing = _ras(source)
     map_ras, _ = _ras(mapped)
     png = folder / f"attention_{label}.png"
-    save_overlay(scan_ras, map_ras, png, spacing=spacing, label=f"Grad-CAM ({label})",
+    save_overlay(scan_ras, map_ras, png, spacing=spacing, label=f"{METHOD_NAMES[method]} ({label})",
                  title=f"{item.get('subject', '')}: attention for {label} at {layer}; peak at "
                        f"({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, {peak_mm[2]:.0f}) mm RAS")
-    row = {"subject": item.get("subject", ""), "target": label, "layer": layer, "nifti": str(nifti), "png": str(png),
+    row = {"subject": item.get("subject", ""), "target": label, "method": method, "layer": layer,
+           "nifti": str(nifti), "png": str(png),
            "peak_voxel": " ".join(map(str, peak)), "peak_ras_mm": " ".join(f"{v:.1f}" for v in peak_mm)}
     if state.model.classifier is not None:
         with torch.no_grad():
@@ -456,8 +461,12 @@ def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label
 
 def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: str | Path | None = None,  # noqa: A002
                   attribute: str | None = None, use_class: bool = False, layer: str | None = None,
-                  out: str | Path = "attention") -> Path:
-    """``medlatent attention``: Grad-CAM maps as NIfTI over the original scan, plus a PNG per map.
+                  out: str | Path = "attention", method: str | None = None) -> Path:
+    """``medlatent attention``: attention maps as NIfTI over the original scan, plus a PNG per map.
+
+    ``method`` is ``hirescam`` or ``gradcam`` (default: the run's ``net.attention_method``);
+    ``layer`` an encoder layer name (default: ``net.attention_layer``, else the last encoder
+    layer with at least 4 voxels per axis).
 
     One ``INPUT`` -> ``OUT/attention_<target>.nii.gz`` and ``.png``. With ``manifest`` ->
     ``OUT/<subject>/...`` per scan and ``OUT/index.csv``; scans are processed one at a time,
@@ -473,11 +482,15 @@ def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: st
                          f"use --attribute with one of: {', '.join(state.attributes.regularized) or 'none'}")
     dim = state.attributes.dim_of(attribute) if attribute is not None else None
     layer_name, _ = resolve_layer(state.model, layer or state.cfg["net"].get("attention_layer"))
+    method = method or state.cfg["net"].get("attention_method") or "hirescam"
+    if method not in METHODS:
+        raise InputError(f"attention: --method must be one of {', '.join(METHODS)}, got {method!r}")
     label = "class" if use_class else attribute
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if input is not None:
-        row = _attention_one(state, _load_input(input, state.cfg), str(input), _file_label(label), out, layer_name, dim)
+        row = _attention_one(state, _load_input(input, state.cfg), str(input), _file_label(label), out, layer_name, dim,
+                             method)
         print(f"wrote {row['nifti']} and {row['png']}")
         return out
     rows = []
@@ -486,7 +499,7 @@ def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: st
         folder = child_path(out, subject)
         folder.mkdir(parents=True, exist_ok=True)
         rows.append({"image": source if isinstance(source, str) else "", **_attention_one(
-            state, item, source, _file_label(label), folder, layer_name, dim)})
+            state, item, source, _file_label(label), folder, layer_name, dim, method)})
     write_text_atomic(out / "index.csv", pd.DataFrame(rows).to_csv(index=False))
     print(f"wrote attention maps of {len(rows)} subjects to {out} (index: {out / 'index.csv'})")
     return out

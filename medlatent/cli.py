@@ -141,7 +141,7 @@ def _attention(args: argparse.Namespace) -> int:
     _run_family(args.run, "attention")(Path(args.run), Path(args.input) if args.input else None,
                                        manifest=Path(args.manifest) if args.manifest else None,
                                        attribute=args.attribute, use_class=args.use_class, layer=args.layer,
-                                       out=Path(args.output))
+                                       out=Path(args.output), method=args.method)
     return 0
 
 
@@ -259,13 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_interpolate)
 
-    p = commands.add_parser("attention", help="Grad-CAM attention maps as NIfTI over the scan, plus PNGs")
+    p = commands.add_parser("attention", help="attention maps (HiResCAM / Grad-CAM) as NIfTI over the scan, plus PNGs")
     p.add_argument("run")
     p.add_argument("input", nargs="?")
     p.add_argument("--manifest")
     p.add_argument("--attribute")
     p.add_argument("--class", dest="use_class", action="store_true", help="explain the classifier's logit")
     p.add_argument("--layer", help="encoder layer name (default: last with >= 4 voxels per axis)")
+    p.add_argument("--method", choices=("hirescam", "gradcam"),
+                   help="hirescam (default: faithful after a flatten + linear head) or gradcam (channel-averaged gradients)")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_attention)
 

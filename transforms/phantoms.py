@@ -1,9 +1,9 @@
 """Synthetic 3D phantoms with known ground truth, for the demo and the tests (never for quality claims).
 
-Each subject is a shell-shaped organ: an ellipsoidal wall around a fluid cavity. Per subject the
-cavity size, the wall thickness and the wall intensity vary; label-1 subjects carry a focal lesion
-(a bright or dark blob) in the wall. A smooth noise field and a multiplicative bias field make the
-images look acquired rather than drawn. Volumes are written as NIfTI with 2 mm voxels stored in
+Each subject is a shell-shaped organ: an ellipsoidal wall around a bright cavity (a blood pool).
+Per subject the cavity size, the wall thickness and the wall intensity vary; label-1 subjects
+carry a focal lesion in the wall, as bright as the blood pool and bulging the wall outwards. A
+smooth noise field and a multiplicative bias field make the images look acquired rather than drawn. Volumes are written as NIfTI with 2 mm voxels stored in
 LPS order (not RAS), so that orientation handling is exercised by every pipeline that reads them.
 """
 
@@ -24,6 +24,8 @@ SPACING_MM = 2.0
 # voxel (i, j, k) -> world: i runs to the Left, j to the Posterior, k to the Superior (LPS)
 LPS_DIRECTIONS = np.diag([-1.0, -1.0, 1.0])
 MASK_LABELS = {"wall": 1, "cavity": 2, "lesion": 3}
+BLOOD_POOL = 1400.0  # cavity (and lesion) intensity: brighter than any wall (600-1000)
+LESION_TERRITORY = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)  # voxel axes
 
 
 def phantom(shape: tuple[int, int, int], rng: np.random.Generator, label: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -51,19 +53,27 @@ def phantom(shape: tuple[int, int, int], rng: np.random.Generator, label: int) -
     wall_intensity = rng.uniform(600.0, 1000.0)
     image = np.full(shape, 50.0)
     image[wall] = wall_intensity
-    image[cavity] = 200.0
+    image[cavity] = BLOOD_POOL
     mask = np.zeros(shape, dtype=np.uint8)
     mask[wall], mask[cavity] = MASK_LABELS["wall"], MASK_LABELS["cavity"]
 
     if label:
-        # centre of the blob: mid-wall along a random direction
-        direction = rng.normal(size=3)
+        # centre of the blob: mid-wall, in one territory of the wall (within ~30 degrees of the
+        # +x, +y diagonal), as infarcts follow a coronary territory; anywhere on the shell would
+        # need far more subjects than a demo has for a classifier to learn it
+        direction = LESION_TERRITORY + 0.35 * rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         scale = 1.0 / np.sqrt(((direction / radii) ** 2).sum())  # distance to the cavity surface
         point = centre + direction * (scale + thickness / 2)
-        blob = np.sqrt(((grid - point[:, None, None, None]) ** 2).sum(0)) < max(2.5, thickness)
-        lesion = blob & wall
-        image[lesion] = wall_intensity * (1.8 if rng.random() < 0.5 else 0.3)
+        blob = np.sqrt(((grid - point[:, None, None, None]) ** 2).sum(0)) < max(4.0, thickness + 2.0)
+        # a focal mass that bulges the wall outwards by up to 2 voxels and enhances like the blood
+        # pool (as scar does in late-gadolinium MRI). Not brighter than the blood pool: a lesion of
+        # ~1% of the volume would then set the 99.5th percentile that intensity scaling uses, and
+        # the label would leak into the global brightness of the scan. Not darker than the wall:
+        # Grad-CAM shows positive evidence, and the absence of wall is not that
+        bulge = np.sqrt(((offset / (radii + thickness + 2.0)[:, None, None, None]) ** 2).sum(0)) < 1.0
+        lesion = blob & bulge & (inner >= 1.0)
+        image[lesion] = BLOOD_POOL
         mask[lesion] = MASK_LABELS["lesion"]
 
     # smooth noise (correlated over ~2 voxels) plus a low-order multiplicative bias field

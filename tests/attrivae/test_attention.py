@@ -46,18 +46,19 @@ def lesion_subjects(trained_run):
     return state, x, lesion
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "a 10-epoch phantom run does not learn the lesion: measured enrichment 0.1-1.7 (alpha 50-200, "
-    "12-20 epochs, classifier on z or mu); needs a longer training, see docs/attrivae.md"))
 def test_class_attention_concentrates_on_the_lesion(lesion_subjects):
     state, x, lesion = lesion_subjects
-    cam = grad_cam(state.model, x)
-    inside = (cam * lesion).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
     share = lesion.flatten(1).mean(1)
-    enrichment = float((inside / share).median())
-    print(f"class attention: median {float(inside.median()):.3f} of the map mass inside the lesion, "
-          f"lesion share {float(share.median()):.4f}, enrichment x{enrichment:.1f}")
-    assert enrichment > 1.0  # more map mass on the lesion than its share of the volume
+    enrichment = {}
+    for method in ("hirescam", "gradcam"):
+        cam = grad_cam(state.model, x, method=method)
+        inside = (cam * lesion).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
+        enrichment[method] = float((inside / share).median())
+        print(f"{method}: median {float(inside.median()):.3f} of the map mass inside the lesion, "
+              f"lesion share {float(share.median()):.4f}, enrichment x{enrichment[method]:.2f}")
+    # the default map puts clearly more of its mass on the lesion than the lesion's share of the
+    # volume: measured x1.85 here (Grad-CAM x1.95); a margin for other CPUs' arithmetic
+    assert enrichment["hirescam"] > 1.3
 
 
 def test_randomized_model_gives_different_maps(lesion_subjects):
