@@ -118,6 +118,9 @@ class Decoder3d(nn.Module):
         num_res_units: residual units before the first upsampling.
         res_channels: hidden channels of the residual units (default ``channels[0]``).
         norm: normalisation inside levels and residual units.
+        final_channels: width of the last level, the one at output resolution (default
+            ``channels[-1]``). The decoder spends most of its time there, so a narrower last
+            level buys speed where it costs the fewest parameters.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class Decoder3d(nn.Module):
         num_res_units: int = 2,
         res_channels: int | None = None,
         norm: str = "none",
+        final_channels: int | None = None,
     ) -> None:
         super().__init__()
         channels = list(channels)
@@ -136,7 +140,7 @@ class Decoder3d(nn.Module):
             *[ResidualUnit3d(channels[0], res_channels or channels[0], norm) for _ in range(num_res_units)]
         )
         levels = []
-        widths = channels + [channels[-1]]
+        widths = channels + [final_channels or channels[-1]]
         for width, next_width in zip(widths[:-1], widths[1:]):
             levels.append(
                 nn.Sequential(

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "space_to_depth": 2,         # lossless reshape before the encoder (CPU speed; 1 disables)
         "channels": [64],            # encoder widths, one per stride-2 level: k - log2(space_to_depth) levels
         "decoder_channels": None,    # default: channels reversed
+        "decoder_final_channels": None,  # width of the decoder's last, highest-resolution level (default: its last width)
         "num_res_units": 2,
         "res_channels": None,
         "top_channels": None,        # two-level: width of the top encoder/decoder (default channels[-1])
@@ -69,7 +70,8 @@ def build_model(cfg: dict[str, Any]) -> VQVAE3d:
         return VQVAE3d(
             in_channels=1, channels=channels, embedding_dim=int(net["embedding_dim"]), num_codes=net["num_codes"],
             num_res_units=int(net["num_res_units"]), res_channels=net["res_channels"],
-            decoder_channels=net["decoder_channels"], space_to_depth=s2d, levels=int(net["levels"]),
+            decoder_channels=net["decoder_channels"], decoder_final_channels=net["decoder_final_channels"],
+            space_to_depth=s2d, levels=int(net["levels"]),
             top_channels=net["top_channels"], norm=net["norm"], decay=float(q["decay"]),
             commitment=float(loss["commitment"]), dead_threshold=float(q["dead_threshold"]),
             kmeans_iters=int(q["kmeans_iters"]), eps=float(q["eps"]), channels_last=bool(net["channels_last"]))

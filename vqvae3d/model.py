@@ -59,6 +59,8 @@ class VQVAE3d(nn.Module):
         num_res_units: residual units at the bottom of encoder and decoder.
         res_channels: hidden width of the residual units (default: the level width).
         decoder_channels: decoder widths from the bottom up (default ``channels`` reversed).
+        decoder_final_channels: width of the decoder's last level, at the resolution the
+            space-to-depth output has (default: the last decoder width); see ``Decoder3d``.
         space_to_depth: lossless reshape factor before the encoder (1 disables it).
         levels: 1 (flat) or 2 (VQ-VAE-2 top/bottom).
         top_channels: width of the top encoder/decoder of the two-level model.
@@ -69,7 +71,8 @@ class VQVAE3d(nn.Module):
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (64,), embedding_dim: int = 32,
                  num_codes: int | Sequence[int] = 256, num_res_units: int = 2, res_channels: int | None = None,
-                 decoder_channels: Sequence[int] | None = None, space_to_depth: int = 2, levels: int = 1,
+                 decoder_channels: Sequence[int] | None = None, decoder_final_channels: int | None = None,
+                 space_to_depth: int = 2, levels: int = 1,
                  top_channels: int | None = None, norm: str = "none", decay: float = 0.99, commitment: float = 0.25,
                  dead_threshold: float = 1.0, kmeans_iters: int = 10, eps: float = 1e-5,
                  channels_last: bool = True) -> None:
@@ -95,7 +98,8 @@ class VQVAE3d(nn.Module):
         if levels == 1:
             self.encoder = Encoder3d(wide, channels, embedding_dim, num_res_units, res_channels, norm)
             self.quantizers = nn.ModuleList([EMAQuantizer(codes[0], embedding_dim, **vq)])
-            self.decoder = Decoder3d(embedding_dim, decoder_channels, wide, num_res_units, res_channels, norm)
+            self.decoder = Decoder3d(embedding_dim, decoder_channels, wide, num_res_units, res_channels, norm,
+                                     decoder_final_channels)
         else:
             top = top_channels or channels[-1]
             bottom = channels[-1]
@@ -107,7 +111,8 @@ class VQVAE3d(nn.Module):
             self.pre_bottom = nn.Conv3d(bottom + embedding_dim, embedding_dim, kernel_size=1)
             self.upsample_top = nn.ConvTranspose3d(embedding_dim, embedding_dim, kernel_size=4, stride=2, padding=1)
             self.quantizers = nn.ModuleList([EMAQuantizer(n, embedding_dim, **vq) for n in codes])
-            self.decoder = Decoder3d(2 * embedding_dim, decoder_channels, wide, num_res_units, res_channels, norm)
+            self.decoder = Decoder3d(2 * embedding_dim, decoder_channels, wide, num_res_units, res_channels, norm,
+                                     decoder_final_channels)
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
 

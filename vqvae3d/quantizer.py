@@ -5,10 +5,12 @@ mean of the encoder outputs assigned to it, through EMAs of the per-code assignm
 and vector sums (van den Oord et al. 2017, appendix; Razavi et al. 2019). Against the
 codebook collapse MONAI's ``VQVAE`` shows on small 3D data sets, the codebook is
 
-- initialised from data: k-means (a few Lloyd iterations) on the encoder outputs of the first
-  training batch, so every code starts where there are vectors;
-- repaired: a code whose EMA count falls under ``dead_threshold`` is restarted at a randomly
-  chosen current encoder output.
+- initialised from data: k-means (k-means++ seeding, then a few Lloyd iterations) on the
+  encoder outputs of the first training batch, so every code starts where there are vectors;
+- repaired: a code whose EMA count falls under ``dead_threshold`` is restarted at a current
+  encoder output drawn with probability proportional to its squared distance from its
+  nearest code (the k-means++ rule). A uniform draw lands mostly on the background of a
+  scan, next to a code that already serves it, and the restarted code dies again.
 
 Under DDP (``torch.distributed`` initialised) the per-step counts and sums are summed over
 ranks before the EMA update, and k-means and restarts are computed on rank 0 and broadcast,
@@ -27,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EMAQuantizer", "perplexity", "codes_used_fraction", "nearest_codes"]
+__all__ = ["EMAQuantizer", "perplexity", "codes_used_fraction", "nearest_codes", "d2_sample"]
 
 
 def _distributed() -> bool:
@@ -48,6 +50,21 @@ def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     distances = torch.addmm(codebook.pow(2).sum(1)[None, :], flat, codebook.t(), beta=1.0, alpha=-2.0)
     # |x|^2 is constant per row and does not change the argmin
     return distances.argmin(dim=1)
+
+
+def d2_sample(flat: torch.Tensor, codebook: torch.Tensor, n: int, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` rows of ``flat [N, C]`` drawn with probability proportional to their squared distance from the nearest code.
+
+    The k-means++ seeding rule (Arthur and Vassilvitskii 2007): new codes go where the codebook
+    serves the data worst. ``indices [N]`` (each row's nearest code) saves the search when known.
+    Rows that coincide with a code have weight zero; if all do, the draw is uniform.
+    """
+    if indices is None:
+        indices = nearest_codes(flat, codebook)
+    weights = (flat - codebook[indices]).pow(2).sum(1).double()  # [N]
+    if not bool(weights.sum() > 0):
+        weights = torch.ones_like(weights)
+    return flat[torch.multinomial(weights, n, replacement=True)]
 
 
 def perplexity(counts: torch.Tensor) -> float:
@@ -162,18 +179,20 @@ class EMAQuantizer(nn.Module):
         total = self.cluster_size.sum()
         # Laplace smoothing keeps the total mass while lifting empty codes off zero
         smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        previous = self.codebook.clone() if self.dead_threshold > 0 else None
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
-        if self.dead_threshold > 0:
-            self._restart_dead(flat)
+        if previous is not None:
+            self._restart_dead(flat, previous, indices)
 
     @torch.no_grad()
-    def _restart_dead(self, flat: torch.Tensor) -> None:
+    def _restart_dead(self, flat: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor) -> None:
         dead = self.cluster_size < self.dead_threshold  # [K]
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        # rank 0 draws the replacements from its batch; broadcasting keeps codebooks identical
-        picks = flat[torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)]
+        # rank 0 draws the replacements from its batch, weighted by the distance to the codes the
+        # batch was quantized with; broadcasting keeps codebooks identical
+        picks = d2_sample(flat, codebook, n_dead, indices)
         if _distributed():
             dist.broadcast(picks, src=0)
         self.codebook[dead] = picks
@@ -185,10 +204,7 @@ class EMAQuantizer(nn.Module):
     def _kmeans_init(self, flat: torch.Tensor) -> None:
         if flat.shape[0] > self.kmeans_max_points:
             flat = flat[torch.randperm(flat.shape[0], device=flat.device)[: self.kmeans_max_points]]
-        # too few vectors: sample with replacement (the duplicates get restarted later if unused)
-        start = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device) \
-            if flat.shape[0] < self.num_codes else torch.randperm(flat.shape[0], device=flat.device)[: self.num_codes]
-        centres = flat[start].clone()
+        centres = self._kmeanspp_seeds(flat)
         counts = torch.zeros(self.num_codes, device=flat.device)
         for _ in range(max(self.kmeans_iters, 1)):
             assign = nearest_codes(flat, centres)
@@ -204,3 +220,17 @@ class EMAQuantizer(nn.Module):
         self.cluster_size.copy_(counts.clamp(min=1.0))
         self.embed_sum.copy_(centres * self.cluster_size[:, None])
         self.initialized.fill_(1.0)
+
+    @torch.no_grad()
+    def _kmeanspp_seeds(self, flat: torch.Tensor, rounds: int = 8) -> torch.Tensor:
+        """``num_codes`` seeds by k-means++ D^2 sampling, in ``rounds`` batches rather than one code at a time."""
+        centres = flat[torch.randint(0, flat.shape[0], (1,), device=flat.device)]
+        remaining = self.num_codes - 1
+        for round_ in range(rounds):
+            if remaining <= 0:
+                break
+            # equal batches, each drawn against all the seeds chosen so far
+            n = -(-remaining // (rounds - round_))
+            centres = torch.cat([centres, d2_sample(flat, centres, n)])
+            remaining -= n
+        return centres.clone()

@@ -71,6 +71,35 @@ def test_dead_code_is_restarted_at_an_encoder_output() -> None:
     assert torch.isclose(torch.cdist(restarted[None], vectors).min(), torch.tensor(0.0), atol=1e-5)
 
 
+def test_restart_goes_where_the_codebook_serves_the_data_worst() -> None:
+    # a scan's feature map: mostly background on one code, a small structure far from every code
+    codebook = torch.tensor([[0.0, 0.0], [100.0, 100.0]])
+    vq = _ready(2, 2, codebook, decay=0.5, dead_threshold=1.0).train()
+    vq.cluster_size[1] = 1.5
+    torch.manual_seed(0)
+    background = 0.01 * torch.randn(990, 2)
+    structure = torch.tensor([8.0, -8.0]) + 0.1 * torch.randn(10, 2)
+    restarts = []
+    for _ in range(20):
+        vq.codebook.copy_(codebook)
+        vq.cluster_size.copy_(torch.tensor([10.0, 1.5]))
+        vq.embed_sum.copy_(codebook * vq.cluster_size[:, None])
+        vq(_as_map(torch.cat([background, structure])))
+        restarts.append(vq.codebook[1].clone())
+    # a uniform draw would pick the background 99% of the time
+    on_structure = sum(bool((r - torch.tensor([8.0, -8.0])).norm() < 1.0) for r in restarts)
+    assert on_structure >= 18
+
+
+def test_kmeans_seeding_covers_a_rare_cluster() -> None:
+    torch.manual_seed(0)
+    common = 0.05 * torch.randn(5000, 2)
+    rare = torch.tensor([6.0, 6.0]) + 0.05 * torch.randn(20, 2)
+    vq = EMAQuantizer(4, 2, dead_threshold=0.0, kmeans_iters=1).train()
+    vq(_as_map(torch.cat([common, rare])))
+    assert torch.cdist(torch.tensor([[6.0, 6.0]]), vq.codebook).min() < 0.5
+
+
 def test_kmeans_initialisation_places_codes_on_the_data() -> None:
     torch.manual_seed(0)
     centres = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
