@@ -5,9 +5,10 @@ the Attri-VAE and the unregularised baseline (loss.gamma = 0) for the same wall-
 evaluates both on the test split (``medlatent evaluate``), and writes one table: SSIM, AUC,
 accuracy, interpretability, MIG, SAP, SCC, modularity. On adrenal it also trains a plain
 supervised classifier (MONAI ``resnet18``, 3D, 1 channel) on the same split and budget and
-reports its test AUC. On IXI it measures how much of the Grad-CAM map of the lateral
-ventricle volume falls inside the ventricles (DLMUSE labels 51, 52, 4, 11, 49, 50) compared
-with their share of the brain, over the test subjects.
+reports its test AUC. On IXI it measures how much of the attention map (the default method,
+HiResCAM, at the default layer) of the lateral ventricle volume falls inside the ventricles
+(DLMUSE labels 51, 52, 4, 11, 49, 50) compared with their share of the brain, over the test
+subjects.
 
 Targets (issue 4). IXI: SCC >= 0.9 and interpretability >= 0.8 averaged over the regularised
 attributes, MIG >= 0.5, each well above gamma 0; attention enrichment > 1. Adrenal: AUC >= 0.80.
@@ -108,7 +109,7 @@ def _resnet_auc(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any
 
 
 def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
-    """Mean share of the lateral-ventricle Grad-CAM mass inside the ventricles vs their share of the brain."""
+    """Mean share of the lateral-ventricle attention mass inside the ventricles vs their share of the brain."""
     from attrivae.attention import grad_cam
     from attrivae.family import load_run
     from attrivae.task import plain
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"MIG {_fmt(means['mig'])}, SAP {_fmt(means['sap'])}, SCC {_fmt(means['scc'])}")
         if "ventricle_attention" in entry:
             v = entry["ventricle_attention"]
-            lines.append(f"\n{name}: Grad-CAM of {VENTRICLE_ATTRIBUTE} over {v['subjects']} test subjects: "
+            lines.append(f"\n{name}: attention map (HiResCAM) of {VENTRICLE_ATTRIBUTE} over {v['subjects']} test subjects: "
                          f"{_fmt(v['mass_inside_ventricles'])} of the map mass inside the ventricles, which are "
                          f"{_fmt(v['ventricle_share_of_brain'])} of the brain: enrichment x{_fmt(v['enrichment'])}")
         if "resnet18" in entry:

@@ -74,19 +74,25 @@ def family_module(model: str | None):
 def defaults_for(model: str) -> dict[str, Any]:
     """The full default config of a model family."""
     merged = copy.deepcopy(COMMON_DEFAULTS)
-    _merge(merged, copy.deepcopy(family_module(model).DEFAULTS), prefix="", strict=False)
+    merge_into(merged, copy.deepcopy(family_module(model).DEFAULTS), prefix="", strict=False)
     merged["model"] = model
     return merged
 
 
-def _merge(base: dict, update: dict, prefix: str, strict: bool, source: str = "config") -> None:
+def merge_into(base: dict, update: dict, prefix: str = "", strict: bool = True, source: str = "config") -> None:
+    """Merge ``update`` into ``base`` in place, section by section.
+
+    With ``strict``, a key that ``base`` does not have is an InputError naming the dotted key,
+    ``source`` (the file or ``--set``) and the keys known at that level. Sections listed as free
+    form are replaced whole rather than merged.
+    """
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if strict and key not in base:
             known = ", ".join(sorted(f"{prefix}{k}" for k in base))
             raise InputError(f"{source}: unknown key '{dotted}' (known here: {known})")
         if isinstance(base.get(key), dict) and isinstance(value, dict) and dotted not in _FREE_FORM:
-            _merge(base[key], value, prefix=f"{dotted}.", strict=strict, source=source)
+            merge_into(base[key], value, prefix=f"{dotted}.", strict=strict, source=source)
         else:
             base[key] = value
 
@@ -136,9 +142,9 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source
         raise InputError(f"{source}: expected a mapping at the top level")
     model = (overrides or {}).get("model", raw.get("model"))
     cfg = defaults_for(model)
-    _merge(cfg, raw, prefix="", strict=True, source=source)
+    merge_into(cfg, raw, prefix="", strict=True, source=source)
     if overrides:
-        _merge(cfg, overrides, prefix="", strict=True, source="--set")
+        merge_into(cfg, overrides, prefix="", strict=True, source="--set")
     _absolutize_paths(cfg)
     return cfg
 

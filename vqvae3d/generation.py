@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medlatent import distributed as dist_utils
-from medlatent.config import COMMON_DEFAULTS, _merge, dump_config, parse_overrides
+from medlatent.config import COMMON_DEFAULTS, dump_config, merge_into, parse_overrides
 from medlatent.engine import Task, fit, make_loader, run_evaluation, seed_everything
 from medlatent.errors import InputError
 from medlatent.figures import save_slice_grid
@@ -225,7 +225,7 @@ def _resolve_prior_cfg(prior: str | None, overrides: list[str] | None, base: dic
     cfg = copy.deepcopy(base if base is not None else PRIOR_DEFAULTS)
     if prior is not None and base is None:
         cfg["prior"]["type"] = prior
-    _merge(cfg, parse_overrides(overrides), prefix="", strict=True, source=source)
+    merge_into(cfg, parse_overrides(overrides), prefix="", strict=True, source=source)
     return cfg
 
 
@@ -241,7 +241,7 @@ def _load_prior_cfg(pdir: Path) -> dict[str, Any]:
         raise InputError(f"{pdir}: no prior here (no config.yaml); train one with `medlatent train-prior RUN`")
     raw = yaml.safe_load(path.read_text()) or {}
     cfg = copy.deepcopy(PRIOR_DEFAULTS)
-    _merge(cfg, raw, prefix="", strict=True, source=str(path))
+    merge_into(cfg, raw, prefix="", strict=True, source=str(path))
     return cfg
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medlatent.config import COMMON_DEFAULTS, _merge, load_config, parse_overrides
+from medlatent.config import COMMON_DEFAULTS, load_config, merge_into, parse_overrides
 from medlatent.errors import InputError
 
 
@@ -23,7 +23,7 @@ def test_override_without_equals_is_an_input_error():
 def test_strict_merge_names_the_unknown_key():
     base = {"train": dict(COMMON_DEFAULTS["train"])}
     with pytest.raises(InputError, match="train.learning_rate"):
-        _merge(base, {"train": {"learning_rate": 1}}, prefix="", strict=True)
+        merge_into(base, {"train": {"learning_rate": 1}}, prefix="", strict=True)
 
 
 def test_load_config_applies_yaml_then_overrides_and_absolutizes(tmp_path, monkeypatch):
