@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medlatent.blocks import Decoder3d, Encoder3d
+from medlatent.blocks import Decoder3d, Encoder3d, depth_to_space, space_to_depth
 
 __all__ = ["AttriVAE", "ClassifierHead", "encoder_layer_shapes"]
 
@@ -36,15 +36,16 @@ class ClassifierHead(nn.Module):
         return self.layers(z)
 
 
-def encoder_layer_shapes(spatial_size: Sequence[int], levels: int) -> dict[str, tuple[int, int, int]]:
+def encoder_layer_shapes(spatial_size: Sequence[int], levels: int, space_to_depth: int = 1) -> dict[str, tuple[int, int, int]]:
     """Spatial output size of each Grad-CAM-able encoder layer, in forward order.
 
-    Names are ``Encoder3d`` attribute paths under ``encoder.``: the stem keeps the input size,
-    level ``i`` halves it ``i + 1`` times, the residual stack and head keep the last level's.
+    Names are ``Encoder3d`` attribute paths under ``encoder.``: the stem keeps the size after
+    space-to-depth (the input's divided by ``space_to_depth``), level ``i`` halves that
+    ``i + 1`` times, the residual stack and head keep the last level's.
     """
-    shapes: dict[str, tuple[int, int, int]] = {"encoder.stem": tuple(int(s) for s in spatial_size)}
+    shapes: dict[str, tuple[int, int, int]] = {"encoder.stem": tuple(int(s) // space_to_depth for s in spatial_size)}
     for i in range(levels):
-        shapes[f"encoder.levels.{i}"] = tuple(int(s) // 2 ** (i + 1) for s in spatial_size)
+        shapes[f"encoder.levels.{i}"] = tuple(int(s) // (space_to_depth * 2 ** (i + 1)) for s in spatial_size)
     shapes["encoder.residual"] = shapes[f"encoder.levels.{levels - 1}"]
     shapes["encoder.head"] = shapes["encoder.residual"]
     return shapes
@@ -53,13 +54,15 @@ def encoder_layer_shapes(spatial_size: Sequence[int], levels: int) -> dict[str, 
 class AttriVAE(nn.Module):
     """Variational autoencoder for ``[B, 1, D, H, W]`` volumes with a classifier on the latent.
 
-    Encoder: ``Encoder3d`` (one stride-2 level per entry of ``channels``) to
-    ``[B, bottleneck, D/2^L, H/2^L, W/2^L]``, flattened, then one linear layer to ``mu`` and
+    Encoder: an optional lossless space-to-depth fold by ``f = space_to_depth`` per axis, then
+    ``Encoder3d`` (one stride-2 level per entry of ``channels``) to
+    ``[B, bottleneck, D/(f 2^L), H/(f 2^L), W/(f 2^L)]``, flattened, then one linear layer to ``mu`` and
     ``logvar`` (``sigma = exp(0.5 * logvar)``). Decoder: a linear layer back to the bottleneck
-    grid, then ``Decoder3d``. The classifier reads ``z`` (sampled in training, ``mu`` in eval).
+    grid, then ``Decoder3d`` and the inverse depth-to-space. The classifier reads ``z`` (sampled in training, ``mu`` in eval).
 
     Args:
-        spatial_size: ``(D, H, W)`` of the input; each must be divisible by ``2 ** len(channels)``.
+        spatial_size: ``(D, H, W)`` of the input; each must be divisible by
+            ``space_to_depth * 2 ** len(channels)``.
         channels: encoder widths per level (the decoder mirrors them).
         latent_dim: size of ``z`` (paper default 64).
         bottleneck_channels: channels of the conv grid before flattening.
@@ -70,17 +73,26 @@ class AttriVAE(nn.Module):
         output: ``sigmoid`` (volumes scaled to [0, 1]) or ``linear``.
         classifier_input: ``z`` (the paper: the sampled code in training) or ``mu`` (the mean;
             the classifier then trains without the sampling noise). At inference both read ``mu``.
+        space_to_depth: fold each ``f^3`` block of voxels into channels before the encoder and
+            unfold after the decoder (1 disables it). With 2, a 64x64x48 step costs a sixth of
+            the time at the same parameter count on CPU (docs/attrivae.md, "Speed").
+        decoder_final_channels: width of the decoder's last level (default ``channels[0]``).
     """
 
     def __init__(self, spatial_size: Sequence[int], channels: Sequence[int] = (16, 32, 64, 64), latent_dim: int = 64,
                  bottleneck_channels: int = 16, num_res_units: int = 1, norm: str = "batch", num_outputs: int = 1,
                  classifier_hidden: Sequence[int] = (32, 16), output: str = "sigmoid",
-                 classifier_input: str = "z") -> None:
+                 classifier_input: str = "z", space_to_depth: int = 1,
+                 decoder_final_channels: int | None = None) -> None:
         super().__init__()
         channels = list(channels)
-        factor = 2 ** len(channels)
+        if space_to_depth < 1 or space_to_depth & (space_to_depth - 1):
+            raise ValueError(f"space_to_depth must be a power of two, got {space_to_depth}")
+        self.s2d = int(space_to_depth)
+        factor = self.s2d * 2 ** len(channels)
         if any(int(s) % factor for s in spatial_size):
-            raise ValueError(f"spatial_size {list(spatial_size)} must be divisible by 2**len(channels) = {factor}")
+            raise ValueError(f"spatial_size {list(spatial_size)} must be divisible by "
+                             f"space_to_depth * 2**len(channels) = {factor}")
         if classifier_input not in ("z", "mu"):
             raise ValueError(f"classifier_input must be z or mu, got {classifier_input!r}")
         self.classifier_input = classifier_input
@@ -91,16 +103,19 @@ class AttriVAE(nn.Module):
         self.grid = tuple(s // factor for s in self.spatial_size)
         self.bottleneck_channels = int(bottleneck_channels)
         flat = self.bottleneck_channels * self.grid[0] * self.grid[1] * self.grid[2]
-        self.encoder = Encoder3d(1, channels, bottleneck_channels, num_res_units=num_res_units, norm=norm)
+        folded = self.s2d ** 3  # channels after space-to-depth
+        self.encoder = Encoder3d(folded, channels, bottleneck_channels, num_res_units=num_res_units, norm=norm)
         self.to_moments = nn.Linear(flat, 2 * self.latent_dim)  # -> [mu | logvar]
         self.from_latent = nn.Linear(self.latent_dim, flat)
-        self.decoder = Decoder3d(bottleneck_channels, channels[::-1], 1, num_res_units=num_res_units, norm=norm)
+        self.decoder = Decoder3d(bottleneck_channels, channels[::-1], folded, num_res_units=num_res_units, norm=norm,
+                                 final_channels=decoder_final_channels)
         self.output = output
         self.classifier = ClassifierHead(self.latent_dim, num_outputs, classifier_hidden) if num_outputs else None
         self.levels = len(channels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, 1, D, H, W] -> (mu [B, L], logvar [B, L])``."""
+        x = space_to_depth(x, self.s2d)
         h = self.encoder(x).flatten(1)  # [B, bottleneck * d * h * w]
         mu, logvar = self.to_moments(h).chunk(2, dim=1)
         # keep exp(logvar) finite early in training, when the flattened features are large
@@ -114,7 +129,7 @@ class AttriVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, L] -> [B, 1, D, H, W]``."""
         h = self.from_latent(z).view(-1, self.bottleneck_channels, *self.grid)
-        x = self.decoder(h)
+        x = depth_to_space(self.decoder(h), self.s2d)  # [B, 1, D, H, W]
         return torch.sigmoid(x) if self.output == "sigmoid" else x
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
@@ -144,4 +159,4 @@ class AttriVAE(nn.Module):
 
     def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
         """Output size of each encoder layer usable for Grad-CAM (see ``encoder_layer_shapes``)."""
-        return encoder_layer_shapes(self.spatial_size, self.levels)
+        return encoder_layer_shapes(self.spatial_size, self.levels, self.s2d)

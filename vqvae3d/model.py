@@ -22,29 +22,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medlatent.blocks import Decoder3d, Encoder3d
+from medlatent.blocks import Decoder3d, Encoder3d, depth_to_space, space_to_depth
 from vqvae3d.quantizer import EMAQuantizer
 
-__all__ = ["VQVAE3d", "space_to_depth", "depth_to_space", "reconstruction_loss"]
-
-
-def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``[B, C, D, H, W] -> [B, C*f^3, D/f, H/f, W/f]`` (lossless; inverse of ``depth_to_space``)."""
-    if factor == 1:
-        return x
-    b, c, d, h, w = x.shape
-    x = x.reshape(b, c, d // factor, factor, h // factor, factor, w // factor, factor)
-    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * factor**3, d // factor, h // factor, w // factor)
-
-
-def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``[B, C*f^3, d, h, w] -> [B, C, d*f, h*f, w*f]``."""
-    if factor == 1:
-        return x
-    b, cf, d, h, w = x.shape
-    c = cf // factor**3
-    x = x.reshape(b, c, factor, factor, factor, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, c, d * factor, h * factor, w * factor)
+__all__ = ["VQVAE3d", "reconstruction_loss"]
 
 
 class VQVAE3d(nn.Module):
@@ -126,7 +107,7 @@ class VQVAE3d(nn.Module):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         self.check_shape(x)
-        x = space_to_depth(x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x, self.s2d)
+        x = space_to_depth(x, self.s2d)
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
     def _bottom_features(self, x: torch.Tensor) -> torch.Tensor:

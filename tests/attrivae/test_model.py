@@ -35,3 +35,17 @@ def test_eval_is_deterministic_and_training_samples():
 def test_rejects_sizes_the_levels_cannot_halve():
     with pytest.raises(ValueError, match="divisible"):
         AttriVAE((30, 32, 32), channels=(4, 8))
+
+
+def test_space_to_depth_keeps_the_volume_contract_and_reports_folded_layer_sizes():
+    model = AttriVAE((32, 32, 16), channels=(8, 16), latent_dim=6, bottleneck_channels=4, num_outputs=1,
+                     space_to_depth=2, decoder_final_channels=4)
+    assert model.encoder.stem.in_channels == 8  # one channel per voxel of a 2x2x2 block
+    out = model(torch.rand(2, 1, 32, 32, 16))
+    assert out["recon"].shape == (2, 1, 32, 32, 16)
+    shapes = model.layer_shapes()
+    assert shapes["encoder.stem"] == (16, 16, 8) and shapes["encoder.levels.1"] == (4, 4, 2)
+    with pytest.raises(ValueError, match="space_to_depth \\* 2\\*\\*len"):
+        AttriVAE((20, 20, 20), channels=(8, 16), space_to_depth=2)
+    with pytest.raises(ValueError, match="power of two"):
+        AttriVAE((24, 24, 24), channels=(8,), space_to_depth=3)

@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqvae3d.model import VQVAE3d, depth_to_space, space_to_depth
-
-
-def test_space_to_depth_is_lossless() -> None:
-    x = torch.randn(2, 1, 8, 12, 4)
-    y = space_to_depth(x, 2)
-    assert y.shape == (2, 8, 4, 6, 2)
-    assert torch.equal(depth_to_space(y, 2), x)
+from vqvae3d.model import VQVAE3d
 
 
 @pytest.mark.parametrize("levels", [1, 2])
