@@ -53,7 +53,7 @@ SPATIAL_FITS = ("resize", "pad_crop")
 AUGMENTATIONS = ("flip", "affine", "bias_field", "noise")
 CACHE_MODES = ("memory", "disk", "none")
 # bump when the deterministic pipeline changes, so disk caches of an older version are not reused
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 
 def _is_nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
     Load -> channel first -> Orientation RAS -> Spacing (``data.spacing`` mm, optional) ->
     intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels |
     none; image only) -> CropForeground (``data.foreground_crop``) -> Resize to ``data.spatial_size``
-    (trilinear image, nearest mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
+    (trilinear image, nearest-exact mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
 
     Args:
         data_cfg: the ``data`` section of a resolved config.
@@ -129,7 +129,10 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
     """
     keys = list(keys)
     modes_lin = ["bilinear" if k == "image" else "nearest" for k in keys]
-    modes_tri = ["trilinear" if k == "image" else "nearest" for k in keys]
+    # torch's legacy "nearest" samples floor(i * scale): half an input voxel off the points that
+    # "trilinear" samples, which moved IXI's ventricle masks off the ventricles; "nearest-exact"
+    # samples the same centres as the image
+    modes_tri = ["trilinear" if k == "image" else "nearest-exact" for k in keys]
     steps: list = [
         LoadVolumed(keys),
         # explicit labels: world axes are RAS as nibabel and MONAI define them
