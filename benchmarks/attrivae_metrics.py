@@ -51,8 +51,9 @@ def _train_and_evaluate(config: Path, run: Path, budget_min: float, gamma: float
         train(cfg, run)
     seconds = time.perf_counter() - started
     metrics = cmd_evaluate(run, "test")
-    epochs = int(metrics.get("epoch") or 0)
-    return {**metrics, "train_seconds": seconds, "epochs": epochs, "run": str(run)}
+    trained = max(0, len((run / "metrics.csv").read_text().strip().splitlines()) - 1)  # one row per epoch
+    return {**metrics, "train_seconds": seconds, "epochs": trained, "best_epoch": int(metrics.get("epoch") or 0),
+            "run": str(run)}
 
 
 def _regularized_means(metrics: dict[str, Any], names: list[str]) -> dict[str, float]:
@@ -175,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         results["datasets"][name] = entry
 
     lines = [f"Attri-VAE benchmark, {args.budget_min:g} min training per model, test split", "",
-             "| data | model | epochs | " + " | ".join(c.upper() if c in ("auc", "mig", "sap", "scc") else c for c in COLUMNS) + " |",
+             "| data | model | epochs (best) | " + " | ".join(c.upper() if c in ("auc", "mig", "sap", "scc") else c for c in COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS)]
     for data, model, m in rows:
-        lines.append(f"| {data} | {model} | {m.get('epochs', '')} | " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |")
+        epochs = f"{m['epochs']} ({m['best_epoch']})" if "best_epoch" in m else str(m.get("epochs", ""))
+        lines.append(f"| {data} | {model} | {epochs} | " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |")
     for name, entry in results["datasets"].items():
         for model in ("attrivae", "gamma0"):
             means = entry[model]["regularized_means"]
