@@ -6,6 +6,7 @@ run, evaluates both (``vqvae3d.generation.evaluate_prior``), and times MONAI's
 network, i.e. the same width and depth on the same grid, against our cached sampler at batch 1.
 
     python benchmarks/prior_sampling.py [--quick] [--json OUT] [--run RUN] [--workdir DIR]
+    python benchmarks/prior_sampling.py --timing-grid 16 16 12 [--timing-size 64 2 4] [--json OUT]
 
 Without ``--run`` it first trains a VQ-VAE on IXI (``configs/vqvae3d_ixi.yaml``; with ``--quick`` at
 32x32x24 for two minutes). ``--quick`` takes a few minutes: small priors, one minute each.
@@ -71,6 +72,24 @@ def _time_monai(transformer, n: int = 1) -> float:
     return (time.perf_counter() - started) / n
 
 
+def time_at_grid(shape: tuple[int, int, int], dim: int, depth: int, heads: int, num_codes: int = 256) -> dict:
+    """Seconds per volume (batch 1) of our cached sampler and MONAI's inferer on one network at ``shape``.
+
+    Sampling time does not depend on the weights' values, so an untrained prior of the given
+    width and depth times both samplers at a grid larger than the quick run's without training.
+    """
+    from vqvae3d.prior_transformer import TransformerPrior
+
+    torch.manual_seed(0)
+    prior = TransformerPrior(num_codes, shape, dim=dim, depth=depth, heads=heads).eval()
+    started = time.perf_counter()
+    prior.sample(1, generator=torch.Generator().manual_seed(0))
+    ours = time.perf_counter() - started
+    theirs = _time_monai(prior)
+    return {"grid": list(shape), "dim": dim, "depth": depth, "heads": heads, "tokens": prior.length,
+            "transformer_sample_s_batch1": ours, "monai_sample_s": theirs, "speedup": theirs / ours}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models, about a minute per prior")
@@ -78,7 +97,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", help="an IXI VQ-VAE run (default: train one under --workdir)")
     parser.add_argument("--workdir", default="runs/bench_prior_sampling")
     parser.add_argument("--minutes", type=float, default=None, help="training budget per prior")
+    parser.add_argument("--timing-grid", type=int, nargs=3, metavar=("D", "H", "W"),
+                        help="only time both samplers at this code grid (untrained network of --timing-size)")
+    parser.add_argument("--timing-size", type=int, nargs=3, metavar=("DIM", "DEPTH", "HEADS"), default=(64, 2, 4))
     args = parser.parse_args(argv)
+    if args.timing_grid:
+        result = time_at_grid(tuple(args.timing_grid), *args.timing_size)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
     from vqvae3d.generation import evaluate_prior, load_prior, train_prior
 
