@@ -58,7 +58,8 @@ class AttriVAE(nn.Module):
     ``Encoder3d`` (one stride-2 level per entry of ``channels``) to
     ``[B, bottleneck, D/(f 2^L), H/(f 2^L), W/(f 2^L)]``, flattened, then one linear layer to ``mu`` and
     ``logvar`` (``sigma = exp(0.5 * logvar)``). Decoder: a linear layer back to the bottleneck
-    grid, then ``Decoder3d`` and the inverse depth-to-space. The classifier reads ``z`` (sampled in training, ``mu`` in eval).
+    grid, then ``Decoder3d`` and the inverse depth-to-space. The classifier reads ``mu`` (or, with
+    ``classifier_input='z'``, the sampled ``z`` in training; ``mu`` in eval either way).
 
     Args:
         spatial_size: ``(D, H, W)`` of the input; each must be divisible by
@@ -71,18 +72,19 @@ class AttriVAE(nn.Module):
         num_outputs: classifier logits (1 = binary); 0 for no classifier.
         classifier_hidden: hidden widths of the classifier.
         output: ``sigmoid`` (volumes scaled to [0, 1]) or ``linear``.
-        classifier_input: ``z`` (the paper: the sampled code in training) or ``mu`` (the mean;
-            the classifier then trains without the sampling noise). At inference both read ``mu``.
+        classifier_input: ``mu`` (default: the mean, as at inference, so the classifier's
+            batch-norm statistics match what it sees in eval) or ``z`` (the paper: the sampled
+            code in training). At inference both read ``mu``.
         space_to_depth: fold each ``f^3`` block of voxels into channels before the encoder and
             unfold after the decoder (1 disables it). With 2, a 64x64x48 step costs a sixth of
-            the time at the same parameter count on CPU (docs/attrivae.md, "Speed").
+            the time at the same parameter count on CPU (docs/architecture.md, "Space-to-depth").
         decoder_final_channels: width of the decoder's last level (default ``channels[0]``).
     """
 
     def __init__(self, spatial_size: Sequence[int], channels: Sequence[int] = (16, 32, 64, 64), latent_dim: int = 64,
                  bottleneck_channels: int = 16, num_res_units: int = 1, norm: str = "batch", num_outputs: int = 1,
                  classifier_hidden: Sequence[int] = (32, 16), output: str = "sigmoid",
-                 classifier_input: str = "z", space_to_depth: int = 1,
+                 classifier_input: str = "mu", space_to_depth: int = 1,
                  decoder_final_channels: int | None = None) -> None:
         super().__init__()
         channels = list(channels)
