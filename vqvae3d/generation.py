@@ -33,7 +33,7 @@ from medlatent.errors import InputError
 from medlatent.figures import save_slice_grid
 from medlatent.metrics import reconstruction_metrics
 from medlatent.nifti import write_nifti
-from medlatent.runs import checkpoint_path, load_checkpoint, load_run_config, prepare_run, read_json, write_json
+from medlatent.runs import checkpoint_path, load_checkpoint, prepare_run, read_json, write_json
 from medlatent.io import atomic_path, write_text_atomic
 from vqvae3d.prior_pixelcnn import PixelCNN3d
 from vqvae3d.prior_transformer import ORDERINGS, TransformerPrior
