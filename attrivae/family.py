@@ -165,10 +165,10 @@ def load_model(run: str | Path, which: str = "best") -> AttriVAE:
 
 # --- inputs ----------------------------------------------------------------------------
 
-def _load_input(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _load_input(path: str | Path, cfg: Mapping[str, Any], mask: str | Path | None = None) -> dict[str, Any]:
     from transforms.pipeline import load_volume
 
-    return load_volume(path, cfg["data"])
+    return load_volume(path, cfg["data"], mask=mask)
 
 
 def _batch(item: Mapping[str, Any], device: torch.device) -> torch.Tensor:
@@ -197,8 +197,12 @@ def _iter_manifest(manifest: str | Path, data_cfg: Mapping[str, Any]) -> Iterato
                 yield record["subject"], record["image"], pre({"image": record["image"], "subject": record["subject"]})
         return
     frame = read_manifest(manifest)
-    for subject, image in zip(frame["subject"], frame["image"]):
-        yield str(subject), image, load_volume(image, data_cfg)
+    for i, row in frame.iterrows():
+        try:
+            item = load_volume(row["image"], data_cfg, mask=row.get("mask"))
+        except InputError as err:
+            raise InputError(f"{manifest}: data row {i + 1} (subject {row['subject']}): {err}") from None
+        yield str(row["subject"]), row["image"], item
 
 
 def _to_input(volume: torch.Tensor, item: Mapping[str, Any], cfg: Mapping[str, Any], mode: str = "bilinear"):
@@ -260,10 +264,14 @@ def _finite(value: Any) -> Any:
 
 # --- reconstruct / encode --------------------------------------------------------------
 
-def cmd_reconstruct(run: str | Path, input: str | Path, output: str | Path) -> Path:  # noqa: A002 - CLI name
-    """``medlatent reconstruct``: decode ``mu`` of one scan, written in the input's geometry."""
+def cmd_reconstruct(run: str | Path, input: str | Path, output: str | Path,  # noqa: A002 - CLI name
+                    mask: str | Path | None = None) -> Path:
+    """``medlatent reconstruct``: decode ``mu`` of one scan, written in the input's geometry.
+
+    ``mask``: the scan's mask, needed when the run was trained with ``data.mask_image``.
+    """
     state = load_run(run)
-    item = _load_input(input, state.cfg)
+    item = _load_input(input, state.cfg, mask)
     mu, _ = _encode(state, item)
     recon = decode_latents(state.model, mu[None])[0]  # [1, D, H, W]
     write_nifti(_to_input(recon, item, state.cfg), output)
@@ -363,12 +371,13 @@ def _check_steps(steps: int) -> None:
 
 
 def cmd_traverse(run: str | Path, input: str | Path, attribute: str, steps: int = 9,  # noqa: A002
-                 value_range: Sequence[float] = (-3.0, 3.0), out: str | Path = "traversal") -> Path:
+                 value_range: Sequence[float] = (-3.0, 3.0), out: str | Path = "traversal",
+                 mask: str | Path | None = None) -> Path:
     """``medlatent traverse``: set the attribute's latent dim to ``steps`` values in ``value_range`` and decode.
 
     Writes ``OUT/step_XX.nii.gz`` (input geometry), ``OUT/grid.png`` (steps x three mid-slices,
     each row labelled with the latent value and the attribute value it corresponds to on the
-    training split) and ``OUT/steps.csv``.
+    training split) and ``OUT/steps.csv``. ``mask``: as for :func:`cmd_reconstruct`.
     """
     _check_steps(steps)
     low, high = (float(v) for v in value_range)
@@ -376,7 +385,7 @@ def cmd_traverse(run: str | Path, input: str | Path, attribute: str, steps: int 
         raise InputError(f"--range: expected two different finite numbers, got {low} {high}")
     state = load_run(run)
     dim = state.attributes.dim_of(attribute)
-    item = _load_input(input, state.cfg)
+    item = _load_input(input, state.cfg, mask)
     mu, _ = _encode(state, item)
     values = torch.linspace(low, high, int(steps))
     volumes = decode_latents(state.model, traverse_latents(mu, dim, values))
@@ -397,11 +406,14 @@ def cmd_traverse(run: str | Path, input: str | Path, attribute: str, steps: int 
 
 
 def cmd_interpolate(run: str | Path, input_a: str | Path, input_b: str | Path, steps: int = 8,
-                    out: str | Path = "interpolation") -> Path:
-    """``medlatent interpolate``: decode ``steps`` points from ``mu_a`` to ``mu_b``, written in input A's geometry."""
+                    out: str | Path = "interpolation", masks: Sequence[str | Path | None] = (None, None)) -> Path:
+    """``medlatent interpolate``: decode ``steps`` points from ``mu_a`` to ``mu_b``, written in input A's geometry.
+
+    ``masks``: the two scans' masks, needed when the run was trained with ``data.mask_image``.
+    """
     _check_steps(steps)
     state = load_run(run)
-    item_a, item_b = _load_input(input_a, state.cfg), _load_input(input_b, state.cfg)
+    item_a, item_b = _load_input(input_a, state.cfg, masks[0]), _load_input(input_b, state.cfg, masks[1])
     mu_a, mu_b = _encode(state, item_a)[0], _encode(state, item_b)[0]
     volumes = decode_latents(state.model, interpolate_latents(mu_a, mu_b, int(steps)))
     t = np.linspace(0.0, 1.0, int(steps))
@@ -466,12 +478,13 @@ def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label
 
 def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: str | Path | None = None,  # noqa: A002
                   attribute: str | None = None, use_class: bool = False, layer: str | None = None,
-                  out: str | Path = "attention", method: str | None = None) -> Path:
+                  out: str | Path = "attention", method: str | None = None, mask: str | Path | None = None) -> Path:
     """``medlatent attention``: attention maps as NIfTI over the original scan, plus a PNG per map.
 
     ``method`` is ``hirescam`` or ``gradcam`` (default: the run's ``net.attention_method``);
     ``layer`` an encoder layer name (default: ``net.attention_layer``, else the last encoder
-    layer with at least 4 voxels per axis).
+    layer with at least 4 voxels per axis). ``mask``: the ``INPUT``'s mask, needed when the run
+    was trained with ``data.mask_image`` (a manifest gives them in its ``mask`` column).
 
     One ``INPUT`` -> ``OUT/attention_<target>.nii.gz`` and ``.png``. With ``manifest`` ->
     ``OUT/<subject>/...`` per scan and ``OUT/index.csv``; scans are processed one at a time,
@@ -494,7 +507,7 @@ def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if input is not None:
-        row = _attention_one(state, _load_input(input, state.cfg), str(input), _file_label(label), out, layer_name, dim,
+        row = _attention_one(state, _load_input(input, state.cfg, mask), str(input), _file_label(label), out, layer_name, dim,
                              method)
         print(f"wrote {row['nifti']} and {row['png']}")
         return out

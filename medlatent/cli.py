@@ -94,8 +94,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+MASK_HELP = "the scan's mask (e.g. brain mask), needed for runs trained with data.mask_image"
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def _reconstruct(args: argparse.Namespace) -> int:
-    _run_family(args.run, "reconstruct")(Path(args.run), Path(args.input), Path(args.output))
+    _run_family(args.run, "reconstruct")(Path(args.run), Path(args.input), Path(args.output), mask=_path(args.mask))
     return 0
 
 
@@ -123,13 +130,13 @@ def _latent_map(args: argparse.Namespace) -> int:
 
 def _traverse(args: argparse.Namespace) -> int:
     _run_family(args.run, "traverse")(Path(args.run), Path(args.input), args.attribute, steps=args.steps,
-                                      value_range=tuple(args.range), out=Path(args.output))
+                                      value_range=tuple(args.range), out=Path(args.output), mask=_path(args.mask))
     return 0
 
 
 def _interpolate(args: argparse.Namespace) -> int:
     _run_family(args.run, "interpolate")(Path(args.run), Path(args.input_a), Path(args.input_b), steps=args.steps,
-                                         out=Path(args.output))
+                                         out=Path(args.output), masks=(_path(args.mask_a), _path(args.mask_b)))
     return 0
 
 
@@ -141,7 +148,7 @@ def _attention(args: argparse.Namespace) -> int:
     _run_family(args.run, "attention")(Path(args.run), Path(args.input) if args.input else None,
                                        manifest=Path(args.manifest) if args.manifest else None,
                                        attribute=args.attribute, use_class=args.use_class, layer=args.layer,
-                                       out=Path(args.output), method=args.method)
+                                       out=Path(args.output), method=args.method, mask=_path(args.mask))
     return 0
 
 
@@ -215,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument("--mask", help=MASK_HELP)
     p.set_defaults(func=_reconstruct)
 
     p = commands.add_parser("encode", help="pooled latent features per subject -> CSV")
@@ -248,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attribute", required=True)
     p.add_argument("--steps", type=int, default=9)
     p.add_argument("--range", type=float, nargs=2, default=[-3.0, 3.0], metavar=("LOW", "HIGH"))
+    p.add_argument("--mask", help=MASK_HELP)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_traverse)
 
@@ -256,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input_a")
     p.add_argument("input_b")
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--mask-a", help=MASK_HELP + " (INPUT_A)")
+    p.add_argument("--mask-b", help=MASK_HELP + " (INPUT_B)")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_interpolate)
 
@@ -268,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="encoder layer name (default: last with >= 4 voxels per axis)")
     p.add_argument("--method", choices=("hirescam", "gradcam"),
                    help="hirescam (default: faithful after a flatten + linear head) or gradcam (channel-averaged gradients)")
+    p.add_argument("--mask", help=MASK_HELP + "; with --manifest, its 'mask' column")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_attention)
 

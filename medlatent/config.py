@@ -28,6 +28,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
         "manifest": None,
         "images": None,
         "masks": None,
+        # multiply each image by its mask (> 0) before anything else: skull-stripping with a brain mask
+        "mask_image": False,
         "tables": [],
         "spatial_size": [64, 64, 48],
         "spatial_fit": "resize",  # resize | pad_crop

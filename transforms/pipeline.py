@@ -32,6 +32,7 @@ from monai.transforms import (
     Invertd,
     LoadImage,
     MapTransform,
+    MaskIntensityd,
     NormalizeIntensityd,
     Orientationd,
     RandAffined,
@@ -50,7 +51,7 @@ from transforms.sitk_reader import SimpleITKReader
 
 INTENSITY_MODES = ("percentile", "minmax", "zscore", "none")
 SPATIAL_FITS = ("resize", "pad_crop")
-AUGMENTATIONS = ("flip", "affine", "bias_field", "noise")
+AUGMENTATIONS = ("flip", "affine", "rigid", "bias_field", "noise")
 CACHE_MODES = ("memory", "disk", "none")
 # bump when the deterministic pipeline changes, so disk caches of an older version are not reused
 PIPELINE_VERSION = 2
@@ -114,7 +115,8 @@ def _spatial_size(data_cfg: Mapping[str, Any]) -> list[int]:
 def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "mask")) -> Compose:
     """The deterministic part of the pipeline, configured by the ``data`` section.
 
-    Load -> channel first -> Orientation RAS -> Spacing (``data.spacing`` mm, optional) ->
+    Load -> channel first -> Orientation RAS -> image * (mask > 0) (``data.mask_image``, e.g. a brain
+    mask for skull-stripping; every item then needs a mask on the image's grid) -> Spacing (``data.spacing`` mm, optional) ->
     intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels |
     none; image only) -> CropForeground (``data.foreground_crop``) -> Resize to ``data.spatial_size``
     (trilinear image, nearest-exact mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
@@ -138,6 +140,9 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
         # explicit labels: world axes are RAS as nibabel and MONAI define them
         Orientationd(keys, axcodes="RAS", labels=tuple(zip("LPI", "RAS")), allow_missing_keys=True),
     ]
+    if data_cfg.get("mask_image"):
+        # on the scan's own grid, before any resampling blurs the mask's edge into the image
+        steps.append(MaskIntensityd("image", mask_key="mask"))
     if data_cfg.get("spacing"):
         spacing = data_cfg["spacing"]
         spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
@@ -174,7 +179,9 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
     """Random augmentation named in ``data.augment`` (applied after the cache, training only).
 
     ``flip``: left-right flip (RAS axis 0), p=0.5. ``affine``: rotation up to 0.1 rad, scale +-10%,
-    shift up to 4 voxels, p=0.5 (bilinear image, nearest mask). ``bias_field``: torchio
+    shift up to 4 voxels, p=0.5 (bilinear image, nearest mask). ``rigid``: the same rotation and shift
+    without scaling, for runs whose attributes are volumes or sizes that a rescaled scan would
+    contradict. ``bias_field``: torchio
     ``RandomBiasField`` (coefficients 0.3, order 3), p=0.5, MRI intensity inhomogeneity.
     ``noise``: Gaussian noise, std 0.05 (in normalised units), p=0.5.
 
@@ -195,6 +202,9 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
             steps.append(RandAffined(keys, prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1),
                                      translate_range=(4, 4, 4), mode=("bilinear", "nearest"),
                                      padding_mode="zeros", allow_missing_keys=True))
+        elif name == "rigid":
+            steps.append(RandAffined(keys, prob=0.5, rotate_range=(0.1, 0.1, 0.1), translate_range=(4, 4, 4),
+                                     mode=("bilinear", "nearest"), padding_mode="zeros", allow_missing_keys=True))
         elif name == "bias_field":
             steps.append(RandTorchIOd(["image"], "RandomBiasField", coefficients=0.3, order=3, p=0.5))
         elif name == "noise":
@@ -211,9 +221,20 @@ def _volume_keys(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
 
 def preprocessing_hash(data_cfg: Mapping[str, Any]) -> str:
     """A short hash of the keys that change preprocessed tensors (names the disk-cache folder)."""
-    relevant = {k: data_cfg.get(k) for k in ("spatial_size", "spacing", "intensity", "foreground_crop", "spatial_fit")}
+    relevant = {k: data_cfg.get(k) for k in ("spatial_size", "spacing", "intensity", "foreground_crop", "spatial_fit",
+                                             "mask_image")}
     relevant["version"] = PIPELINE_VERSION
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_masks(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, Any]) -> None:
+    """With ``data.mask_image`` every record needs a mask; InputError naming the subjects without one."""
+    if not data_cfg.get("mask_image"):
+        return
+    missing = [str(r.get("subject", "?")) for r in records if r.get("mask") is None]
+    if missing:
+        raise InputError(f"config key 'data.mask_image' is set but {len(missing)} subject(s) have no mask "
+                         f"(data.masks or a manifest 'mask' column): {missing[:10]}")
 
 
 def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, Any], train: bool,
@@ -229,6 +250,7 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
         A Dataset whose items are ``{"image": MetaTensor[1,D,H,W], "mask"?, "label"?, "attrs"?, "subject"}``,
         collatable by ``monai.data.DataLoader``.
     """
+    check_masks(records, data_cfg)
     pre = preprocessing(data_cfg, keys=_volume_keys(records))
     aug = augmentation(data_cfg) if train else None
     # flat list: CacheDataset caches up to the first random transform, and a nested Compose counts as random
@@ -251,21 +273,39 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
     raise InputError(f"config key 'data.cache': unknown {mode!r}; choose one of {CACHE_MODES}")
 
 
-def load_volume(path: str | Path, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def load_volume(path: str | Path, data_cfg: Mapping[str, Any], mask: str | Path | None = None) -> dict[str, Any]:
     """Preprocess one input file exactly as in training (for reconstruct / attention / traverse).
 
+    Args:
+        path: the scan.
+        data_cfg: the run's ``data`` section.
+        mask: the scan's mask (same grid); required when the run was trained with
+            ``data.mask_image``, ignored otherwise. None, NaN or "" mean no mask.
+
     Returns:
-        ``{"image": MetaTensor[1,*spatial_size] float32 (with applied_operations), "subject": str}``.
+        ``{"image": MetaTensor[1,*spatial_size] float32 (with applied_operations), "mask"?, "subject": str}``.
 
     Raises:
-        InputError: the file is missing, unreadable or not a single-channel 3D image (names the file).
+        InputError: the file is missing, unreadable or not a single-channel 3D image (names the file),
+            or the run masks its images and ``mask`` is missing or does not fit the scan.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: input image not found")
-    pre = preprocessing(data_cfg, keys=("image",))
+    item: dict[str, Any] = {"image": str(path), "subject": _stem(path)}
+    if not isinstance(mask, (str, os.PathLike)) or not str(mask):
+        mask = None  # a manifest's empty 'mask' cell reads as NaN
+    if data_cfg.get("mask_image"):
+        if mask is None:
+            raise InputError(f"{path}: this run was trained on masked images (data.mask_image, e.g. skull-stripped "
+                             f"by a brain mask); give the scan's mask (--mask, or a manifest 'mask' column)")
+        mask = Path(mask).expanduser()
+        if not mask.is_file():
+            raise InputError(f"{mask}: mask not found")
+        item["mask"] = str(mask)
+    pre = preprocessing(data_cfg, keys=tuple(k for k in ("image", "mask") if k in item))
     try:
-        return pre({"image": str(path), "subject": _stem(path)})
+        return pre(item)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
@@ -273,7 +313,8 @@ def load_volume(path: str | Path, data_cfg: Mapping[str, Any]) -> dict[str, Any]
         if inner is not None:
             raise inner from None
         cause = err.__cause__ or err
-        raise InputError(f"{path}: cannot read image: {type(cause).__name__}: {cause}") from None
+        name = f"{path} with mask {item['mask']}" if "mask" in item else str(path)
+        raise InputError(f"{name}: cannot read image: {type(cause).__name__}: {cause}") from None
 
 
 def _stem(path: Path) -> str:

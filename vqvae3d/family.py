@@ -6,7 +6,6 @@ Everything here works on paths at the edge and hands tensors to ``model``/``task
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -150,10 +149,11 @@ def cmd_evaluate(run: Path, split: str = "test", prior: bool = False) -> dict[st
     return metrics
 
 
-def cmd_reconstruct(run: Path, input: Path, output: Path) -> Path:
+def cmd_reconstruct(run: Path, input: Path, output: Path, mask: Path | None = None) -> Path:
     """Reconstruct ``input`` and write it to ``output`` (NIfTI) on the input file's grid and affine.
 
-    Intensities stay in model units (e.g. [0, 1] after percentile scaling).
+    Intensities stay in model units (e.g. [0, 1] after percentile scaling). ``mask``: the
+    scan's mask, needed when the run was trained with ``data.mask_image``.
     """
     from medlatent.nifti import write_nifti
     from transforms.pipeline import load_volume, to_input_geometry
@@ -161,7 +161,7 @@ def cmd_reconstruct(run: Path, input: Path, output: Path) -> Path:
     if not str(output).endswith((".nii", ".nii.gz")):
         raise InputError(f"{output}: the output must be a .nii or .nii.gz file")
     model, cfg = load_model(run)
-    item = load_volume(input, cfg["data"])
+    item = load_volume(input, cfg["data"], mask=mask)
     with torch.no_grad():
         reconstruction, _, _ = model(item["image"].as_tensor()[None])
     volume = to_input_geometry(reconstruction[0], item, cfg["data"])

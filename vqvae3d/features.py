@@ -71,7 +71,7 @@ def encode_manifest(model: VQVAE3d, data_cfg: Mapping[str, Any], manifest: str |
     rows = []
     for i, row in frame.iterrows():
         try:
-            item = load_volume(row["image"], data_cfg)
+            item = load_volume(row["image"], data_cfg, mask=row.get("mask"))
         except InputError as err:
             # the data layer names the file; add which manifest row pointed at it
             raise InputError(f"{manifest}: data row {i + 1} (subject {row['subject']}): {err}") from None

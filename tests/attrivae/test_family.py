@@ -49,6 +49,34 @@ def test_reconstruct_keeps_the_input_geometry(trained_run, tmp_path):
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
 
 
+def test_a_run_trained_on_masked_scans_needs_the_mask_of_each_input(trained_run, tmp_path, capsys):
+    # the same weights under a config that masks its images (data.mask_image): every scan-taking
+    # command now needs the scan's mask, and the outputs still have the scan's own geometry
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "masked_run"
+    shutil.copytree(trained_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["mask_image"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    brain = IXI_T1.parents[1] / "dlmuse_seg" / IXI_T1.name.replace("_T1.nii.gz", "_T1_DLMUSE.nii.gz")
+    attention = ["attention", str(run), str(IXI_T1), "--attribute", "cavity_volume_mm3", "-o", str(tmp_path / "a")]
+    assert main(attention) == 2
+    assert "trained on masked images" in capsys.readouterr().err
+    assert main([*attention, "--mask", str(brain)]) == 0
+    out, ref = nib.load(tmp_path / "a" / "attention_cavity_volume_mm3.nii.gz"), nib.load(IXI_T1)
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
+    assert main(["interpolate", str(run), str(IXI_T1), str(IXI_T1), "--steps", "2", "--mask-a", str(brain),
+                 "-o", str(tmp_path / "i")]) == 2
+    assert "trained on masked images" in capsys.readouterr().err
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"subject": ["s1"], "image": [str(IXI_T1)], "mask": [str(brain)]}).to_csv(manifest, index=False)
+    assert main(["attention", str(run), "--manifest", str(manifest), "--class", "-o", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "s1" / "attention_class.nii.gz").is_file()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["traverse", "{run}", "{scan}", "--attribute", "age", "-o", "{tmp}"],
      "unknown attribute 'age'; regularized attributes in this run: cavity_volume_mm3, wall_thickness_mm"),

@@ -83,6 +83,45 @@ def test_resized_mask_stays_on_the_structures_it_labels(ixi_records: list[dict])
     assert resized < native + 0.15  # partial volume at 3.75 mm costs some contrast, misalignment far more
 
 
+def test_mask_image_strips_everything_outside_the_mask(ixi_records: list[dict]) -> None:
+    record = ixi_records[0]
+    native = {**CFG, "spatial_fit": "pad_crop", "spatial_size": [90, 120, 120], "intensity": "none"}
+    plain = preprocessing(native)(record)
+    masked = preprocessing({**native, "mask_image": True})(record)
+    brain = masked["mask"] > 0
+    assert float(masked["image"][~brain].abs().max()) == 0  # scalp, skull and neck are gone
+    assert torch.equal(masked["image"][brain], plain["image"][brain])  # the brain is untouched
+    assert float(plain["image"][~brain].sum()) > 0
+    # load_volume masks the same way when given the mask, and refuses a masked run's scan without one
+    loaded = load_volume(record["image"], {**native, "mask_image": True}, mask=record["mask"])
+    assert torch.equal(loaded["image"], masked["image"])
+    with pytest.raises(InputError, match="--mask"):
+        load_volume(record["image"], {**native, "mask_image": True})
+    with pytest.raises(InputError, match="nope.nii.gz: mask not found"):
+        load_volume(record["image"], {**native, "mask_image": True}, mask=Path(record["image"]).parent / "nope.nii.gz")
+
+
+def test_mask_image_needs_a_mask_for_every_record(ixi_records: list[dict]) -> None:
+    records = [ixi_records[0], {k: v for k, v in ixi_records[1].items() if k != "mask"}]
+    with pytest.raises(InputError, match=f"data.mask_image.*{SUBJECTS[1]}"):
+        make_dataset(records, {**CFG, "mask_image": True}, train=False)
+
+
+def test_rigid_augmentation_keeps_the_mask_volume(ixi_records: list[dict]) -> None:
+    # rotation and shift only: a volume attribute measured on the scan stays true for the augmented copy
+    # (the brain sits well inside the field of view, so the 4-voxel shifts push none of it out)
+    cfg = {**CFG, "augment": ["rigid"]}
+    clean = make_dataset(ixi_records[:1], cfg, train=False)[0]["mask"]
+    train = make_dataset(ixi_records[:1], cfg, train=True)
+    volumes = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        volumes.append(float((next(iter(DataLoader(train, batch_size=1)))["mask"] > 0).sum()))
+    reference = float((clean > 0).sum())
+    assert any(v != reference for v in volumes)  # some draws did move the mask
+    assert all(abs(v / reference - 1) < 0.03 for v in volumes)
+
+
 @pytest.mark.parametrize("name, spacing", [("ixi_t1_2mm/T1/IXI012-HH-1211_T1.nii.gz", None),
                                            ("ct_samples/CT_pitch.nii.gz", [1.5, 1.5, 3.0])])
 def test_inverts_to_the_input_geometry(data_dir: Path, name: str, spacing) -> None:
