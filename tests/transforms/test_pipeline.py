@@ -139,6 +139,30 @@ def test_inverts_to_the_input_geometry(data_dir: Path, name: str, spacing) -> No
     assert labels.shape[0] == 2 and set(torch.unique(labels).tolist()) <= {0.0, 1.0}
 
 
+def test_skull_stripped_brain_crop_keeps_physical_size_and_inverts(ixi_records: list[dict]) -> None:
+    # the IXI Attri-VAE geometry: brain mask -> 3.2 mm voxels -> crop to the brain -> pad to a fixed
+    # grid. No resize, so a bigger brain fills more voxels (volume attributes stay visible), and
+    # maps in model space still land on the scan's own grid
+    cfg = {**CFG, "mask_image": True, "spacing": 3.2, "foreground_crop": True, "spatial_fit": "pad_crop",
+           "spatial_size": [48, 64, 48]}
+    record = ixi_records[0]
+    item = load_volume(record["image"], cfg, mask=record["mask"])
+    image = item["image"]
+    assert image.shape == (1, 48, 64, 48)
+    np.testing.assert_allclose(np.linalg.norm(image.affine.numpy()[:3, :3], axis=0), [3.2] * 3, atol=1e-4)
+    seg = nib.load(record["mask"])
+    brain_ml = float((np.asarray(seg.dataobj) > 0).sum()) * np.prod(seg.header.get_zooms()[:3]) / 1000
+    model_ml = float((item["mask"] > 0).sum()) * 3.2**3 / 1000
+    assert model_ml == pytest.approx(brain_ml, rel=0.03)
+    assert float(image[0, [0, -1]].abs().sum() + image[0, :, [0, -1]].abs().sum() + image[0, :, :, [0, -1]].abs().sum()) == 0
+    back = to_input_geometry(image, item, cfg)
+    original = nib.load(record["image"])
+    assert tuple(back.shape) == (1, *original.shape)
+    np.testing.assert_allclose(back.affine.numpy(), original.affine, atol=1e-4)
+    brain = np.asarray(seg.dataobj) > 0
+    assert float(back[0].numpy()[~brain].mean()) < 0.05 * float(back[0].numpy()[brain].mean())
+
+
 def test_oblique_ct_is_resampled_to_the_requested_spacing(data_dir: Path) -> None:
     cfg = {**CFG, "spacing": [2.0, 2.0, 2.0], "spatial_fit": "pad_crop", "spatial_size": [256, 256, 256]}
     image = load_volume(data_dir / "ct_samples" / "CT_pitch.nii.gz", cfg)["image"]
