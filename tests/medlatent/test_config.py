@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,20 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(InputError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_resolve_and_find_their_files(path, monkeypatch):
+    from transforms.manifest import build_manifest
+
+    monkeypatch.chdir(path.parents[1])  # the configs' ../shared/data paths are relative to the repo root
+    cfg = load_config(path)
+    data = cfg["data"]
+    if data.get("images"):
+        frame = build_manifest(data["images"], data.get("masks"), data.get("tables") or [])
+        assert len(frame) > 0
+        if data.get("mask_image"):
+            assert frame["mask"].notna().all()  # skull-stripping needs every scan's mask
