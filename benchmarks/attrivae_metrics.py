@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,11 @@ def _attribute_ceiling(run: Path, noise: float, latent_dim: int, seed: int = 0) 
     return {key: float(report[key]) for key in ("interpretability", "mig", "sap", "scc")}
 
 
-def _resnet_auc(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any]:
-    """Test AUC of a supervised MONAI resnet18 (3D, 1 channel, one logit) on the config's split and budget."""
+def _train_resnet(config: Path, budget_min: float, outputs: int,
+                  loss_of: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor], seed: int = 0):
+    """A supervised MONAI resnet18 (3D, 1 channel, ``outputs`` outputs) trained on the config's
+    training split for ``budget_min`` minutes; returns ``(model in eval mode, test dataset, epochs)``."""
     from monai.networks.nets import resnet18
-    from sklearn.metrics import roc_auc_score
 
     from medlatent.config import load_config
     from medlatent.engine import make_loader, seed_everything
@@ -109,7 +111,7 @@ def _resnet_auc(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any
     records, _ = load_split_records(cfg["data"])
     train_set = make_dataset(records["train"], cfg["data"], train=True)
     test_set = make_dataset(records["test"], {**cfg["data"], "augment": []}, train=False)
-    model = resnet18(spatial_dims=3, n_input_channels=1, num_classes=1)
+    model = resnet18(spatial_dims=3, n_input_channels=1, num_classes=outputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = make_loader(train_set, int(cfg["train"]["batch_size"]), 0, shuffle=True, generator=torch.Generator().manual_seed(seed))
     deadline = time.perf_counter() + budget_min * 60
@@ -117,16 +119,26 @@ def _resnet_auc(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any
     while time.perf_counter() < deadline:
         model.train()
         for batch in loader:
-            x = batch["image"].as_tensor().float()
-            y = batch["label"].float().view(-1)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
+            loss = loss_of(model(batch["image"].as_tensor().float()), batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if time.perf_counter() > deadline:
                 break
         epochs += 1
-    model.eval()
+    return model.eval(), test_set, epochs
+
+
+def _resnet_auc(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any]:
+    """Test AUC of a supervised MONAI resnet18 (one logit) on the config's split and budget."""
+    from sklearn.metrics import roc_auc_score
+
+    from medlatent.engine import make_loader
+
+    def bce(out: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], batch["label"].float().view(-1))
+
+    model, test_set, epochs = _train_resnet(config, budget_min, 1, bce, seed)
     probs, labels = [], []
     with torch.no_grad():
         for batch in make_loader(test_set, 8, 0):
@@ -135,6 +147,38 @@ def _resnet_auc(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any
     probs, labels = np.concatenate(probs), np.concatenate(labels)
     return {"auc": float(roc_auc_score(labels, probs)), "accuracy": float(((probs > 0.5) == labels).mean()),
             "epochs": epochs}
+
+
+def _resnet_attributes(config: Path, budget_min: float, seed: int = 0) -> dict[str, Any]:
+    """How well a supervised MONAI resnet18 reads the regularised attributes from these scans: it
+    regresses them (min-max scaled on the training split, MSE) for the same budget; test Spearman
+    per attribute. A reference for the AR-tied dims, which see the attributes only through their order."""
+    from scipy.stats import spearmanr
+
+    from medlatent.config import load_config
+    from medlatent.engine import make_loader
+    from transforms.records import load_split_records
+
+    cfg = load_config(config)
+    names = list(cfg["loss"]["regularized"] or cfg["data"]["attributes"])
+    columns = [list(cfg["data"]["attributes"]).index(n) for n in names]
+    records, _ = load_split_records(cfg["data"])
+    train_values = np.stack([np.asarray(r["attrs"], dtype=np.float64)[columns] for r in records["train"]])
+    low = torch.as_tensor(train_values.min(0), dtype=torch.float32)
+    span = torch.as_tensor(np.ptp(train_values, axis=0), dtype=torch.float32).clamp_min(1e-12)
+
+    def mse(out: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(out, (batch["attrs"].float()[:, columns] - low) / span)
+
+    model, test_set, epochs = _train_resnet(config, budget_min, len(names), mse, seed)
+    predicted, truth = [], []
+    with torch.no_grad():
+        for batch in make_loader(test_set, 8, 0):
+            predicted.append(model(batch["image"].as_tensor().float()).numpy())
+            truth.append(batch["attrs"].float()[:, columns].numpy())
+    predicted, truth = np.concatenate(predicted), np.concatenate(truth)
+    rho = {n: float(spearmanr(predicted[:, k], truth[:, k])[0]) for k, n in enumerate(names)}
+    return {"spearman": rho, "mean_spearman": float(np.mean(list(rho.values()))), "epochs": epochs}
 
 
 def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
@@ -202,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["resnet18"] = _resnet_auc(CONFIGS[name], args.budget_min)
             rows.append((name, "resnet18 (supervised)", entry["resnet18"]))
         if name == "ixi":
+            entry["resnet18_attributes"] = _resnet_attributes(CONFIGS[name], args.budget_min)
             seg_dir = Path(cfg["data"]["images"]).parent.parent / "dlmuse_seg"
             entry["ventricle_attention"] = _ventricle_enrichment(Path(entry["attrivae"]["run"]), seg_dir)
         results["datasets"][name] = entry
@@ -229,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"\n{name}: attention map (HiResCAM) of {VENTRICLE_ATTRIBUTE} over {v['subjects']} test subjects: "
                          f"{_fmt(v['mass_inside_ventricles'])} of the map mass inside the ventricles, which are "
                          f"{_fmt(v['ventricle_share_of_brain'])} of the brain: enrichment x{_fmt(v['enrichment'])}")
+        if "resnet18_attributes" in entry:
+            r = entry["resnet18_attributes"]
+            lines.append(f"\n{name}: supervised resnet18 regressing the regularised attributes ({r['epochs']} epochs), "
+                         "test Spearman: " + ", ".join(f"{n} {_fmt(v)}" for n, v in r["spearman"].items())
+                         + f"; mean {_fmt(r['mean_spearman'])}")
         if "resnet18" in entry:
             lines.append(f"\n{name}: AUC Attri-VAE {_fmt(entry['attrivae'].get('auc'))} vs resnet18 "
                          f"{_fmt(entry['resnet18']['auc'])} (same split and budget)")
