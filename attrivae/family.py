@@ -183,8 +183,7 @@ def _encode(state: LoadedRun, item: Mapping[str, Any]) -> tuple[torch.Tensor, to
 
 def _iter_manifest(manifest: str | Path, data_cfg: Mapping[str, Any]) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """``(subject, source, preprocessed item)`` for each scan of a manifest CSV or MedMNIST ``.npz``, one at a time."""
-    from transforms.manifest import read_manifest
-    from transforms.pipeline import load_volume, preprocessing
+    from transforms.pipeline import iter_manifest_volumes, preprocessing
     from transforms.records import load_split_records
 
     manifest = Path(manifest)
@@ -196,12 +195,7 @@ def _iter_manifest(manifest: str | Path, data_cfg: Mapping[str, Any]) -> Iterato
             for record in records.get(split, []):
                 yield record["subject"], record["image"], pre({"image": record["image"], "subject": record["subject"]})
         return
-    frame = read_manifest(manifest)
-    for i, row in frame.iterrows():
-        try:
-            item = load_volume(row["image"], data_cfg, mask=row.get("mask"))
-        except InputError as err:
-            raise InputError(f"{manifest}: data row {i + 1} (subject {row['subject']}): {err}") from None
+    for row, item in iter_manifest_volumes(manifest, data_cfg):
         yield str(row["subject"]), row["image"], item
 
 

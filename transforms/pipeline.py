@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,13 +198,11 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
     for name in names:
         if name == "flip":
             steps.append(RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True))
-        elif name == "affine":
-            steps.append(RandAffined(keys, prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1),
+        elif name in ("affine", "rigid"):
+            scale = (0.1, 0.1, 0.1) if name == "affine" else None
+            steps.append(RandAffined(keys, prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=scale,
                                      translate_range=(4, 4, 4), mode=("bilinear", "nearest"),
                                      padding_mode="zeros", allow_missing_keys=True))
-        elif name == "rigid":
-            steps.append(RandAffined(keys, prob=0.5, rotate_range=(0.1, 0.1, 0.1), translate_range=(4, 4, 4),
-                                     mode=("bilinear", "nearest"), padding_mode="zeros", allow_missing_keys=True))
         elif name == "bias_field":
             steps.append(RandTorchIOd(["image"], "RandomBiasField", coefficients=0.3, order=3, p=0.5))
         elif name == "noise":
@@ -315,6 +313,25 @@ def load_volume(path: str | Path, data_cfg: Mapping[str, Any], mask: str | Path 
         cause = err.__cause__ or err
         name = f"{path} with mask {item['mask']}" if "mask" in item else str(path)
         raise InputError(f"{name}: cannot read image: {type(cause).__name__}: {cause}") from None
+
+
+def iter_manifest_volumes(manifest: str | Path, data_cfg: Mapping[str, Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(row, preprocessed item)`` for each row of a manifest CSV, one at a time (memory stays flat).
+
+    Each row's ``mask`` column, when there is one, goes to :func:`load_volume`.
+
+    Raises:
+        InputError: the manifest is unreadable, or a row's image (or needed mask) is missing or not
+            a 3D volume; the message names the manifest, the row and the file.
+    """
+    from transforms.manifest import read_manifest  # local: keeps module import light
+
+    for i, row in read_manifest(manifest).iterrows():
+        try:
+            item = load_volume(row["image"], data_cfg, mask=row.get("mask"))
+        except InputError as err:
+            raise InputError(f"{manifest}: data row {i + 1} (subject {row['subject']}): {err}") from None
+        yield row, item
 
 
 def _stem(path: Path) -> str:

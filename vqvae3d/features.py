@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medlatent.errors import InputError
 from medlatent.io import atomic_path, child_path
 from vqvae3d.model import VQVAE3d
 from vqvae3d.quantizer import perplexity
@@ -64,17 +63,10 @@ def encode_manifest(model: VQVAE3d, data_cfg: Mapping[str, Any], manifest: str |
         InputError: the manifest is unreadable, or a row's image is missing or not a 3D
             volume (names the manifest, row and file).
     """
-    from transforms.manifest import read_manifest
-    from transforms.pipeline import load_volume
+    from transforms.pipeline import iter_manifest_volumes
 
-    frame = read_manifest(manifest)
     rows = []
-    for i, row in frame.iterrows():
-        try:
-            item = load_volume(row["image"], data_cfg, mask=row.get("mask"))
-        except InputError as err:
-            # the data layer names the file; add which manifest row pointed at it
-            raise InputError(f"{manifest}: data row {i + 1} (subject {row['subject']}): {err}") from None
+    for row, item in iter_manifest_volumes(manifest, data_cfg):
         features, grids = volume_features(model, item["image"].as_tensor()[None])
         rows.append({"subject": row["subject"], **features})
         if codes_dir is not None:
