@@ -77,22 +77,29 @@ def _regularized_means(metrics: dict[str, Any], names: list[str]) -> dict[str, f
     return out
 
 
-def _attribute_ceiling(run: Path, noise: float, latent_dim: int, seed: int = 0) -> dict[str, float]:
-    """The metrics of an ideal encoder on the run's test split: each regularised dim is its attribute
-    (standardised) plus Gaussian noise of std ``noise``, the other dims pure noise.
+def _test_attributes(run: Path) -> tuple[np.ndarray, list[str]]:
+    """The regularised attributes of the run's test subjects ``[N, A]`` and their names (no model loaded)."""
+    from attrivae.attributes import AttributeMap
+    from medlatent.runs import load_run_config
+    from transforms.records import load_split_records
+
+    amap = AttributeMap.load(run)
+    records, _ = load_split_records(load_run_config(run)["data"])
+    values = np.stack([np.asarray(r["attrs"], dtype=np.float64)[amap.columns] for r in records["test"]])
+    return values, list(amap.regularized)
+
+
+def _attribute_ceiling(values: np.ndarray, names: list[str], noise: float, latent_dim: int,
+                       seed: int = 0) -> dict[str, float]:
+    """The metrics of an ideal encoder on ``values`` (the test attributes): each regularised dim is its
+    attribute (standardised) plus Gaussian noise of std ``noise``, the other dims pure noise.
 
     Correlated attributes share mutual information with each other's dims, so this bounds what MIG
     and SAP can reach on these subjects whatever the model; ``noise`` 0.3 is a dim whose Pearson r
     with its attribute is about 0.96.
     """
     from attrivae.disentanglement import disentanglement_report
-    from attrivae.family import load_run
-    from transforms.records import load_split_records
 
-    state = load_run(run)
-    records, _ = load_split_records(state.cfg["data"])
-    names = state.attributes.regularized
-    values = np.stack([np.asarray(r["attrs"], dtype=np.float64)[state.attributes.columns] for r in records["test"]])
     rng = np.random.default_rng(seed)
     tied = (values - values.mean(0)) / values.std(0) + noise * rng.standard_normal(values.shape)
     latents = np.concatenate([tied, rng.standard_normal((len(values), latent_dim - len(names)))], axis=1)
@@ -244,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics["regularized_means"] = _regularized_means(metrics, regularized)
             entry[model] = metrics
             rows.append((name, "Attri-VAE" if model == "attrivae" else "VAE, gamma 0", metrics))
-        latent_dim = int(cfg["net"]["latent_dim"])
-        entry["ceiling"] = {f"noise_{noise:g}": _attribute_ceiling(Path(entry["attrivae"]["run"]), noise, latent_dim)
+        values, tied_names = _test_attributes(Path(entry["attrivae"]["run"]))
+        entry["ceiling"] = {f"noise_{noise:g}": _attribute_ceiling(values, tied_names, noise, int(cfg["net"]["latent_dim"]))
                             for noise in (0.0, 0.3)}
         if name == "adrenal":
             entry["resnet18"] = _resnet_auc(CONFIGS[name], args.budget_min)
@@ -293,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     from attrivae.family import _finite
 
-    args.json.write_text(json.dumps(_finite(results), indent=2, default=str))
+    from medlatent.io import write_text_atomic
+
+    write_text_atomic(args.json, json.dumps(_finite(results), indent=2, default=str) + "\n")
     print(f"\nwrote {args.json}")
     return 0
 

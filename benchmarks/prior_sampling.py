@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from medlatent.io import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = time_at_grid(tuple(args.timing_grid), *args.timing_size)
         print(json.dumps(result, indent=2))
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         return result
 
     from vqvae3d.generation import evaluate_prior, load_prior, train_prior
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["threads"] = torch.get_num_threads()
     print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return results
 
 

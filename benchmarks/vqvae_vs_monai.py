@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                        "vol_per_s")))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        from medlatent.io import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -115,9 +115,9 @@ def _spatial_size(data_cfg: Mapping[str, Any]) -> list[int]:
 def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "mask")) -> Compose:
     """The deterministic part of the pipeline, configured by the ``data`` section.
 
-    Load -> channel first -> Orientation RAS -> image * (mask > 0) (``data.mask_image``, e.g. a brain
-    mask for skull-stripping; every item then needs a mask on the image's grid) -> Spacing (``data.spacing`` mm, optional) ->
-    intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels |
+    Load -> channel first -> Orientation RAS -> image * (mask > 0) (``data.mask_image``, e.g. a
+    brain mask for skull-stripping; every item then needs a mask on the image's grid) -> Spacing
+    (``data.spacing`` mm, optional) -> intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels |
     none; image only) -> CropForeground (``data.foreground_crop``) -> Resize to ``data.spatial_size``
     (trilinear image, nearest-exact mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
 
