@@ -12,6 +12,11 @@ Two methods, both gradient x activation at an encoder layer, ReLU, upsampled to 
   average pooling; after a flatten + linear layer it mixes the evidence of every location into
   one weight per channel, and on the lesion phantoms the map then misses the lesion (measured
   in docs/attrivae.md).
+
+The ReLU keeps the *positive* evidence: where the layer's activation raises the target. A target
+read from a dark structure (a larger ventricle is more dark CSF, so less activation there) shows up
+as *negative* evidence, which the ReLU drops; ``evidence="negative"`` maps that side instead
+(measured on IXI in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from torch import nn
 from attrivae.model import AttriVAE
 from medlatent.errors import InputError
 
-__all__ = ["default_layer", "resolve_layer", "grad_cam", "randomized_copy", "MIN_VOXELS", "METHODS"]
+__all__ = ["default_layer", "resolve_layer", "grad_cam", "randomized_copy", "MIN_VOXELS", "METHODS", "EVIDENCE"]
 
 #: a Grad-CAM layer coarser than this per axis cannot localise anything useful
 MIN_VOXELS = 4
 METHODS = ("hirescam", "gradcam")
+#: which side of the signed layer map becomes the [0, 1] attention map
+EVIDENCE = ("positive", "negative")
 
 
 def default_layer(model: AttriVAE) -> str:
@@ -63,29 +70,32 @@ class _Explained(nn.Module):
 
 
 def grad_cam(model: AttriVAE, x: torch.Tensor, layer: str | None = None, dim: int | None = None,
-             relu: bool = True, method: str = "hirescam") -> torch.Tensor:
+             evidence: str = "positive", method: str = "hirescam") -> torch.Tensor:
     """Attention map of ``mu[:, dim]`` (an attribute) or, with ``dim=None``, of the classifier logit.
 
     For a binary classifier the single logit is explained (evidence for the positive class);
     for several classes, each item's predicted class. The layer map (``method``, see the module
-    docstring) is passed through ReLU, upsampled to the input with captum's
-    ``LayerAttribution.interpolate`` (trilinear) and divided by its maximum, so each map lies in
-    [0, 1] (all zeros where nothing is positive).
+    docstring) is passed through ReLU (or, for negative evidence, its negation is), upsampled to
+    the input with captum's ``LayerAttribution.interpolate`` (trilinear) and divided by its
+    maximum, so each map lies in [0, 1] (all zeros where there is no evidence of that sign).
 
     Args:
         model: a trained ``AttriVAE`` (set to eval mode here).
         x: ``[B, 1, D, H, W]`` preprocessed volumes.
         layer: encoder layer name (``AttriVAE.layer_shapes``); default ``default_layer``.
         dim: latent dimension to explain, or None for the classifier.
-        relu: keep only positive evidence; False returns the signed map divided by its largest
-            magnitude, in [-1, 1] (for comparing maps, e.g. the randomisation check).
+        evidence: ``positive`` (Grad-CAM's ReLU: where the activation raises the target),
+            ``negative`` (where it lowers the target), or ``signed``: the map divided by its
+            largest magnitude, in [-1, 1] (for comparing maps, e.g. the randomisation check).
         method: ``hirescam`` (default) or ``gradcam``.
 
     Returns:
-        ``[B, 1, D, H, W]`` float32 in [0, 1] (``relu=False``: [-1, 1]), on ``x``'s device, detached.
+        ``[B, 1, D, H, W]`` float32 in [0, 1] (``signed``: [-1, 1]), on ``x``'s device, detached.
     """
     if method not in METHODS:
         raise InputError(f"attention method must be one of {', '.join(METHODS)}, got {method!r}")
+    if evidence not in (*EVIDENCE, "signed"):
+        raise InputError(f"attention evidence must be one of {', '.join(EVIDENCE)} or signed, got {evidence!r}")
     model.eval()
     _, module = resolve_layer(model, layer)
     explained = _Explained(model, dim)
@@ -99,6 +109,9 @@ def grad_cam(model: AttriVAE, x: torch.Tensor, layer: str | None = None, dim: in
             cam = LayerGradCam(explained, module).attribute(x, target=target)  # [B, 1, d, h, w]
         else:
             cam = LayerGradientXActivation(explained, module).attribute(x, target=target).sum(1, keepdim=True)
+    if evidence == "negative":
+        cam = -cam
+    relu = evidence != "signed"
     if relu:
         cam = cam.clamp_min(0.0)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), interpolate_mode="trilinear")

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import yaml
 
-from attrivae.attention import METHODS, grad_cam, resolve_layer
+from attrivae.attention import EVIDENCE, METHODS, grad_cam, resolve_layer
 from attrivae.attributes import AttributeMap, check_attributes_present, fit_attribute_map
 from attrivae.model import AttriVAE
 from attrivae.task import AttriVAETask, plain
@@ -439,11 +439,13 @@ METHOD_NAMES = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM"}
 
 
 def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, folder: Path,
-                   layer: str, dim: int | None, method: str) -> dict[str, Any]:
+                   layer: str, dim: int | None, method: str, evidence: str = "positive") -> dict[str, Any]:
     """Attention map of one scan -> ``folder/attention_<label>.nii.gz`` (input geometry) and ``.png``; returns an index row."""
     from medlatent.figures import save_overlay
 
-    cam = grad_cam(state.model, _batch(item, state.device), layer, dim, method=method)[0].cpu()  # [1, D, H, W]
+    cam = grad_cam(state.model, _batch(item, state.device), layer, dim, evidence=evidence, method=method)[0].cpu()
+    if evidence != "positive":
+        label = f"{label}_{evidence}"
     mapped = _to_input(cam, item, state.cfg)
     mapped = type(mapped)(torch.nan_to_num(plain(mapped).float(), nan=0.0).clamp(0.0, 1.0), meta=mapped.meta)
     nifti = folder / f"attention_{label}.nii.gz"
@@ -455,10 +457,11 @@ def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label
     scan_ras, spacing = _ras(source)
     map_ras, _ = _ras(mapped)
     png = folder / f"attention_{label}.png"
-    save_overlay(scan_ras, map_ras, png, spacing=spacing, label=f"{METHOD_NAMES[method]} ({label})",
+    side = "" if evidence == "positive" else f", {evidence} evidence"
+    save_overlay(scan_ras, map_ras, png, spacing=spacing, label=f"{METHOD_NAMES[method]}{side} ({label})",
                  title=f"{item.get('subject', '')}: attention for {label} at {layer}; peak at "
                        f"({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, {peak_mm[2]:.0f}) mm RAS")
-    row = {"subject": item.get("subject", ""), "target": label, "method": method, "layer": layer,
+    row = {"subject": item.get("subject", ""), "target": label, "method": method, "evidence": evidence, "layer": layer,
            "nifti": str(nifti), "png": str(png),
            "peak_voxel": " ".join(map(str, peak)), "peak_ras_mm": " ".join(f"{v:.1f}" for v in peak_mm)}
     if state.model.classifier is not None:
@@ -472,10 +475,13 @@ def _attention_one(state: LoadedRun, item: Mapping[str, Any], source: Any, label
 
 def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: str | Path | None = None,  # noqa: A002
                   attribute: str | None = None, use_class: bool = False, layer: str | None = None,
-                  out: str | Path = "attention", method: str | None = None, mask: str | Path | None = None) -> Path:
+                  out: str | Path = "attention", method: str | None = None, mask: str | Path | None = None,
+                  evidence: str = "positive") -> Path:
     """``medlatent attention``: attention maps as NIfTI over the original scan, plus a PNG per map.
 
     ``method`` is ``hirescam`` or ``gradcam`` (default: the run's ``net.attention_method``);
+    ``evidence`` ``positive`` (default: where the activation raises the target) or ``negative``
+    (where it lowers it; files get a ``_negative`` suffix);
     ``layer`` an encoder layer name (default: ``net.attention_layer``, else the last encoder
     layer with at least 4 voxels per axis). ``mask``: the ``INPUT``'s mask, needed when the run
     was trained with ``data.mask_image`` (a manifest gives them in its ``mask`` column).
@@ -497,12 +503,14 @@ def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: st
     method = method or state.cfg["net"].get("attention_method") or "hirescam"
     if method not in METHODS:
         raise InputError(f"attention: --method must be one of {', '.join(METHODS)}, got {method!r}")
+    if evidence not in EVIDENCE:
+        raise InputError(f"attention: --evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
     label = "class" if use_class else attribute
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if input is not None:
         row = _attention_one(state, _load_input(input, state.cfg, mask), str(input), _file_label(label), out, layer_name, dim,
-                             method)
+                             method, evidence)
         print(f"wrote {row['nifti']} and {row['png']}")
         return out
     rows = []
@@ -511,7 +519,7 @@ def cmd_attention(run: str | Path, input: str | Path | None = None, manifest: st
         folder = child_path(out, subject)
         folder.mkdir(parents=True, exist_ok=True)
         rows.append({"image": source if isinstance(source, str) else "", **_attention_one(
-            state, item, source, _file_label(label), folder, layer_name, dim, method)})
+            state, item, source, _file_label(label), folder, layer_name, dim, method, evidence)})
     write_text_atomic(out / "index.csv", pd.DataFrame(rows).to_csv(index=False))
     print(f"wrote attention maps of {len(rows)} subjects to {out} (index: {out / 'index.csv'})")
     return out

@@ -148,7 +148,8 @@ def _attention(args: argparse.Namespace) -> int:
     _run_family(args.run, "attention")(Path(args.run), Path(args.input) if args.input else None,
                                        manifest=Path(args.manifest) if args.manifest else None,
                                        attribute=args.attribute, use_class=args.use_class, layer=args.layer,
-                                       out=Path(args.output), method=args.method, mask=_path(args.mask))
+                                       out=Path(args.output), method=args.method, mask=_path(args.mask),
+                                       evidence=args.evidence)
     return 0
 
 
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="encoder layer name (default: last with >= 4 voxels per axis)")
     p.add_argument("--method", choices=("hirescam", "gradcam"),
                    help="hirescam (default: faithful after a flatten + linear head) or gradcam (channel-averaged gradients)")
+    p.add_argument("--evidence", choices=("positive", "negative"), default="positive",
+                   help="positive (default, Grad-CAM's ReLU): where the activation raises the target; negative: where "
+                        "it lowers it, e.g. dark CSF for a ventricle volume (files get a _negative suffix)")
     p.add_argument("--mask", help=MASK_HELP + "; with --manifest, its 'mask' column")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_attention)

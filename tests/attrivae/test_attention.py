@@ -1,3 +1,5 @@
+import copy
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -28,6 +30,24 @@ def test_maps_are_in_unit_range_with_input_shape():
     for dim in (1, None):
         cam = grad_cam(model, x, dim=dim)
         assert cam.shape == x.shape and torch.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
+
+
+def test_negative_evidence_is_the_positive_evidence_of_the_negated_dimension():
+    torch.manual_seed(0)
+    model = AttriVAE((16, 16, 16), channels=(4, 8), latent_dim=4, bottleneck_channels=4, num_outputs=0).eval()
+    x = torch.rand(2, 1, 16, 16, 16)
+    flipped = copy.deepcopy(model)
+    with torch.no_grad():  # mu[:, 1] -> -mu[:, 1]: the rows of to_moments that produce it
+        flipped.to_moments.weight[1].neg_()
+        flipped.to_moments.bias[1].neg_()
+    negative = grad_cam(model, x, dim=1, evidence="negative")
+    assert negative.max() > 0
+    torch.testing.assert_close(negative, grad_cam(flipped, x, dim=1))
+    positive = grad_cam(model, x, dim=1)
+    # the two sides come from disjoint parts of the layer map, so neither is the other
+    assert not torch.allclose(positive, negative)
+    with pytest.raises(InputError, match="positive, negative"):
+        grad_cam(model, x, dim=1, evidence="absolute")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +84,8 @@ def test_class_attention_concentrates_on_the_lesion(lesion_subjects):
 def test_randomized_model_gives_different_maps(lesion_subjects):
     state, x, _ = lesion_subjects
     # signed maps: a ReLU map of a random model is often all zeros, for which Spearman is undefined
-    trained = grad_cam(state.model, x[:6], relu=False)
-    random = grad_cam(randomized_copy(state.model), x[:6], relu=False)
+    trained = grad_cam(state.model, x[:6], evidence="signed")
+    random = grad_cam(randomized_copy(state.model), x[:6], evidence="signed")
     rhos = [spearmanr(a.flatten().numpy(), b.flatten().numpy())[0] for a, b in zip(trained, random)]
     rho = float(np.nanmean(rhos))
     print(f"Spearman(trained, randomized) = {rho:.3f}")
@@ -100,3 +120,20 @@ def test_manifest_mode_writes_a_folder_per_subject_and_an_index(trained_run, pha
     for nifti in index["nifti"]:
         assert (tmp_path / "att") in __import__("pathlib").Path(nifti).resolve().parents
         assert nib.load(nifti).shape == (32, 32, 32)
+
+
+def test_negative_evidence_export_is_named_and_indexed(trained_run, phantom_manifest, tmp_path):
+    frame = pd.read_csv(phantom_manifest).head(2)
+    frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
+    small = tmp_path / "m.csv"
+    frame.drop(columns=["mask"]).to_csv(small, index=False)
+    out = cmd_attention(trained_run, manifest=small, attribute="wall_thickness_mm", out=tmp_path / "att",
+                        evidence="negative")
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["evidence"]) == ["negative", "negative"]
+    for nifti, png in zip(index["nifti"], index["png"]):
+        assert nifti.endswith("attention_wall_thickness_mm_negative.nii.gz") and png.endswith("_negative.png")
+        data = nib.load(nifti).get_fdata()
+        assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+    with pytest.raises(InputError, match="--evidence must be one of positive, negative"):
+        cmd_attention(trained_run, manifest=small, use_class=True, out=tmp_path / "bad", evidence="both")
