@@ -6,14 +6,15 @@ evaluates both on the test split (``medlatent evaluate``), and writes one table:
 accuracy, interpretability, MIG, SAP, SCC, modularity. On adrenal it also trains a plain
 supervised classifier (MONAI ``resnet18``, 3D, 1 channel) on the same split and budget and
 reports its test AUC. On IXI it measures how much of the attention map (the default method,
-HiResCAM, at the default layer) of the lateral ventricle volume falls inside the ventricles
+HiResCAM, at the default layer; positive and negative evidence) of the lateral ventricle volume falls inside the ventricles
 (DLMUSE labels 51, 52, 4, 11, 49, 50) compared with their share of the brain, over the test
 subjects, and trains a supervised resnet18 that regresses the regularised attributes for the
 same budget (test Spearman per attribute). For every dataset it also reports the Attri-VAE's
 metrics on its training split and those of an ideal encoder on the test subjects (tied dims =
 the attributes, with noise 0 and 0.3), the ceiling that correlated attributes leave for MIG.
 
-Runs already trained under ``--out`` are reused (evaluated again, not retrained).
+Runs already trained under ``--out`` are reused (evaluated again, not retrained), and so are the
+resnet18 baselines' results saved there; delete ``--out`` (or a run in it) to train again.
 
 Targets (issue 4). IXI: SCC >= 0.9 and interpretability >= 0.8 averaged over the regularised
 attributes, MIG >= 0.5, each well above gamma 0; attention enrichment > 1. Adrenal: AUC >= 0.80.
@@ -193,9 +194,21 @@ def _resnet_attributes(config: Path, budget_min: float, seed: int = 0) -> dict[s
     return {"spearman": rho, "mean_spearman": float(np.mean(list(rho.values()))), "epochs": epochs}
 
 
+def _saved_result(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A baseline's result saved under ``--out`` by an earlier call, else ``compute()``, saved there."""
+    from medlatent.io import write_text_atomic
+
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
-    """Mean share of the lateral-ventricle attention mass inside the ventricles vs their share of the brain."""
-    from attrivae.attention import grad_cam
+    """Mean share of the lateral-ventricle attention mass inside the ventricles vs their share of the
+    brain, for the default map (positive evidence) and for the negative evidence (attrivae.attention)."""
+    from attrivae.attention import EVIDENCE, grad_cam
     from attrivae.family import load_run
     from attrivae.task import plain
     from transforms.pipeline import make_dataset
@@ -210,19 +223,25 @@ def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
         if seg.is_file():
             items.append({"image": record["image"], "mask": str(seg), "subject": record["subject"]})
     dataset = make_dataset(items, {**state.cfg["data"], "cache": "none", "augment": []}, train=False)
-    inside, share = [], []
+    inside: dict[str, list[float]] = {evidence: [] for evidence in EVIDENCE}
+    share = []
     layer = state.cfg["net"].get("attention_layer")
     for index in range(len(dataset)):
         item = dataset[index]
-        cam = grad_cam(state.model, plain(item["image"]).float()[None].to(state.device), layer, dim)[0, 0].cpu()
         seg = plain(item["mask"])[0].round().long()
         ventricles = torch.isin(seg, torch.tensor(VENTRICLE_LABELS)).float()
-        brain = (seg > 0).float()
-        inside.append(float((cam * ventricles).sum() / cam.sum().clamp_min(1e-12)))
-        share.append(float(ventricles.sum() / brain.sum().clamp_min(1)))
-    mean_inside, mean_share = float(np.mean(inside)), float(np.mean(share))
-    return {"subjects": len(inside), "mass_inside_ventricles": mean_inside, "ventricle_share_of_brain": mean_share,
-            "enrichment": mean_inside / mean_share if mean_share else float("nan")}
+        share.append(float(ventricles.sum() / (seg > 0).sum().clamp_min(1)))
+        for evidence in EVIDENCE:
+            cam = grad_cam(state.model, plain(item["image"]).float()[None].to(state.device), layer, dim,
+                           evidence=evidence)[0, 0].cpu()
+            inside[evidence].append(float((cam * ventricles).sum() / cam.sum().clamp_min(1e-12)))
+    mean_share = float(np.mean(share))
+    result: dict[str, Any] = {"subjects": len(share), "ventricle_share_of_brain": mean_share}
+    for evidence, values in inside.items():
+        mean_inside = float(np.mean(values))
+        result[evidence] = {"mass_inside_ventricles": mean_inside,
+                            "enrichment": mean_inside / mean_share if mean_share else float("nan")}
+    return result
 
 
 def _fmt(value: Any) -> str:
@@ -255,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         entry["ceiling"] = {f"noise_{noise:g}": _attribute_ceiling(values, tied_names, noise, int(cfg["net"]["latent_dim"]))
                             for noise in (0.0, 0.3)}
         if name == "adrenal":
-            entry["resnet18"] = _resnet_auc(CONFIGS[name], args.budget_min)
+            entry["resnet18"] = _saved_result(args.out / f"{name}_resnet18_auc_{tag}.json",
+                                              lambda: _resnet_auc(CONFIGS[name], args.budget_min))
             rows.append((name, "resnet18 (supervised)", entry["resnet18"]))
         if name == "ixi":
-            entry["resnet18_attributes"] = _resnet_attributes(CONFIGS[name], args.budget_min)
+            entry["resnet18_attributes"] = _saved_result(args.out / f"{name}_resnet18_attributes_{tag}.json",
+                                                         lambda: _resnet_attributes(CONFIGS[name], args.budget_min))
             seg_dir = Path(cfg["data"]["images"]).parent.parent / "dlmuse_seg"
             entry["ventricle_attention"] = _ventricle_enrichment(Path(entry["attrivae"]["run"]), seg_dir)
         results["datasets"][name] = entry
@@ -283,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"SCC {_fmt(ideal['scc'])}")
         if "ventricle_attention" in entry:
             v = entry["ventricle_attention"]
-            lines.append(f"\n{name}: attention map (HiResCAM) of {VENTRICLE_ATTRIBUTE} over {v['subjects']} test subjects: "
-                         f"{_fmt(v['mass_inside_ventricles'])} of the map mass inside the ventricles, which are "
-                         f"{_fmt(v['ventricle_share_of_brain'])} of the brain: enrichment x{_fmt(v['enrichment'])}")
+            for evidence in ("positive", "negative"):
+                lines.append(f"\n{name}: attention map (HiResCAM, {evidence} evidence) of {VENTRICLE_ATTRIBUTE} over "
+                             f"{v['subjects']} test subjects: {_fmt(v[evidence]['mass_inside_ventricles'])} of the map "
+                             f"mass inside the ventricles, which are {_fmt(v['ventricle_share_of_brain'])} of the brain: "
+                             f"enrichment x{_fmt(v[evidence]['enrichment'])}")
         if "resnet18_attributes" in entry:
             r = entry["resnet18_attributes"]
             lines.append(f"\n{name}: supervised resnet18 regressing the regularised attributes ({r['epochs']} epochs), "
