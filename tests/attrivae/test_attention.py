@@ -11,6 +11,7 @@ from attrivae.attention import default_layer, grad_cam, randomized_copy, resolve
 from attrivae.family import cmd_attention, load_run
 from attrivae.model import AttriVAE
 from attrivae.task import plain
+from medlatent.cli import main
 from medlatent.errors import InputError
 
 from .conftest import CT_PITCH, IXI_T1
@@ -127,8 +128,9 @@ def test_negative_evidence_export_is_named_and_indexed(trained_run, phantom_mani
     frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
     small = tmp_path / "m.csv"
     frame.drop(columns=["mask"]).to_csv(small, index=False)
-    out = cmd_attention(trained_run, manifest=small, attribute="wall_thickness_mm", out=tmp_path / "att",
-                        evidence="negative")
+    out = tmp_path / "att"
+    assert main(["attention", str(trained_run), "--manifest", str(small), "--attribute", "wall_thickness_mm",
+                 "--evidence", "negative", "-o", str(out)]) == 0
     index = pd.read_csv(out / "index.csv")
     assert list(index["evidence"]) == ["negative", "negative"]
     for nifti, png in zip(index["nifti"], index["png"]):
