@@ -6,9 +6,9 @@ evaluates both on the test split (``medlatent evaluate``), and writes one table:
 accuracy, interpretability, MIG, SAP, SCC, modularity. On adrenal it also trains a plain
 supervised classifier (MONAI ``resnet18``, 3D, 1 channel) on the same split and budget and
 reports its test AUC. On IXI it measures how much of the attention map (the default method,
-HiResCAM, at the default layer; positive and negative evidence) of the lateral ventricle volume falls inside the ventricles
-(DLMUSE labels 51, 52, 4, 11, 49, 50) compared with their share of the brain, over the test
-subjects, and trains a supervised resnet18 that regresses the regularised attributes for the
+HiResCAM, at the default layer; its positive and its negative evidence) of the lateral
+ventricle volume falls inside the ventricles (DLMUSE labels 51, 52, 4, 11, 49, 50) compared
+with their share of the brain, over the test subjects, and trains a supervised resnet18 that regresses the regularised attributes for the
 same budget (test Spearman per attribute). For every dataset it also reports the Attri-VAE's
 metrics on its training split and those of an ideal encoder on the test subjects (tied dims =
 the attributes, with noise 0 and 0.3), the ceiling that correlated attributes leave for MIG.
