@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlatent.io import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"ixi": ROOT / "configs" / "attrivae_ixi.yaml", "adrenal": ROOT / "configs" / "attrivae_adrenal.yaml"}
 COLUMNS = ("ssim", "auc", "accuracy", "interpretability", "mig", "sap", "scc", "modularity")
@@ -196,8 +198,6 @@ def _resnet_attributes(config: Path, budget_min: float, seed: int = 0) -> dict[s
 
 def _saved_result(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A baseline's result saved under ``--out`` by an earlier call, else ``compute()``, saved there."""
-    from medlatent.io import write_text_atomic
-
     if path.is_file():
         return json.loads(path.read_text())
     result = compute()
@@ -320,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     from attrivae.family import _finite
-
-    from medlatent.io import write_text_atomic
 
     write_text_atomic(args.json, json.dumps(_finite(results), indent=2, default=str) + "\n")
     print(f"\nwrote {args.json}")

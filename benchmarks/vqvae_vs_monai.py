@@ -36,6 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medlatent.io import write_text_atomic  # noqa: E402 - after the path set-up above
+
 BATCH, LR, SEED = 4, 1.0e-3, 0
 KEYS = ("ssim", "psnr", "mae", "codes_used_frac", "vol_per_s", "gflop_per_step", "gflops_per_s", "peak_rss_mb",
         "params")
@@ -250,9 +252,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(table({"medlatent (adrenal)": results["adrenal"]}, ("ssim", "dice", "psnr", "codes_used_frac",
                                                                        "vol_per_s")))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        from medlatent.io import write_text_atomic
-
         write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return results
 

@@ -117,9 +117,10 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
 
     Load -> channel first -> Orientation RAS -> image * (mask > 0) (``data.mask_image``, e.g. a
     brain mask for skull-stripping; every item then needs a mask on the image's grid) -> Spacing
-    (``data.spacing`` mm, optional) -> intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels |
-    none; image only) -> CropForeground (``data.foreground_crop``) -> Resize to ``data.spatial_size``
-    (trilinear image, nearest-exact mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
+    (``data.spacing`` mm, optional) -> intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1]
+    clipped | minmax -> [0,1] | zscore on nonzero voxels | none; image only) -> CropForeground
+    (``data.foreground_crop``) -> Resize to ``data.spatial_size`` (trilinear image, nearest-exact
+    mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
 
     Args:
         data_cfg: the ``data`` section of a resolved config.
