@@ -80,11 +80,14 @@ def _data_from_medmnist(args: argparse.Namespace) -> int:
 # --- training and runs ------------------------------------------------------------------
 
 def _train(args: argparse.Namespace) -> int:
-    from medlatent.config import load_config
+    from medlatent.config import load_config, parse_overrides
     from medlatent.train import train
 
-    cfg = load_config(args.config, args.set)
-    run = train(cfg, args.out, resume=args.resume)
+    if args.resume:
+        # the run's own config.yaml is used; --set may only lengthen it
+        run = train(load_config(args.config), args.out, resume=True, lengthen=parse_overrides(args.set))
+    else:
+        run = train(load_config(args.config, args.set), args.out)
     print(f"run: {run}")
     return 0
 
@@ -210,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run directory (default runs/MODEL-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch, with its own config; "
+                   "--set train.epochs / train.max_minutes (the run's total) lengthen it")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="metrics of a trained run on a split")

@@ -7,7 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_main", "world_size", "rank", "all_reduce_sum", "barrier", "pick_device"]
+__all__ = ["init_distributed", "is_main", "world_size", "rank", "all_reduce_sum", "all_reduce_max", "barrier",
+           "pick_device"]
 
 
 def init_distributed() -> bool:
@@ -44,11 +45,27 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    if not is_distributed():
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        # nccl reduces CUDA tensors only; the engine's tallies live on the CPU
+        on_device = tensor.to(pick_device())
+        dist.all_reduce(on_device, op=op)
+        tensor.copy_(on_device)
+    else:
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (a no-op outside a process group); returns it."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``tensor`` over ranks in place (a no-op outside a process group)."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def pick_device() -> torch.device:

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from medlatent import distributed as dist_utils
+from medlatent.errors import InputError
 from medlatent.figures import save_curves, save_slice_grid
 from medlatent.io import atomic_path, write_text_atomic
 from medlatent.runs import load_checkpoint
@@ -113,18 +114,25 @@ def _optimizer(params: Iterable[nn.Parameter], train_cfg: dict[str, Any]) -> tor
         return torch.optim.Adam(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     if name == "adamw":
         return torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
-    raise ValueError(f"train.optimizer must be adam or adamw, got {name!r}")
+    raise InputError(f"config key train.optimizer must be adam or adamw, got {name!r}")
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
-    name = train_cfg["schedule"]
-    if name == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train_cfg["epochs"]))
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, train_cfg["epochs"] // 3), gamma=0.3)
-    raise ValueError(f"train.schedule must be none, cosine or step, got {name!r}")
+SCHEDULES = ("none", "cosine", "step")
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Multiplier of ``train.lr`` at ``progress`` (0 at the start of the run, 1 at its end).
+
+    ``step`` multiplies by 0.3 at each third of the run; ``cosine`` anneals to 0.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "none":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return 0.3 ** min(2, int(3 * progress))
+    raise InputError(f"config key train.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -200,17 +208,19 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
 
     model = task.model.to(device)
     optimizer = _optimizer(model.parameters(), train_cfg)
-    scheduler = _scheduler(optimizer, train_cfg)
+    schedule, base_lr = train_cfg["schedule"], float(train_cfg["lr"])
     history: list[dict[str, float]] = []
     best: float | None = None
     start_epoch = 0
+    seconds_before = 0.0  # training time of earlier invocations of this run (--resume)
     ckpt_dir = run_dir / "checkpoints"
     if resume:
         state = load_checkpoint(ckpt_dir / "last.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best = int(state["epoch"]), list(state["history"]), state["best"]
+        # checkpoints written before the budget spanned resumes lack it: they get a fresh budget
+        seconds_before = float(state.get("train_seconds", 0.0))
 
     train_model: nn.Module = model
     if distributed:
@@ -228,10 +238,22 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if resume else None)
     budget_s = float(train_cfg["max_minutes"]) * 60 if train_cfg.get("max_minutes") else math.inf
+    epochs = int(train_cfg["epochs"])
     started = time.perf_counter()
+
+    def run_seconds() -> float:
+        seconds = torch.tensor([seconds_before + time.perf_counter() - started], dtype=torch.float64)
+        if math.isfinite(budget_s):
+            # every rank must see the same clock, or they pick different learning rates and
+            # leave the loop at different steps (a DDP hang)
+            dist_utils.all_reduce_max(seconds)
+        return float(seconds)
+
     best_key, best_mode = train_cfg["best_metric"], train_cfg["best_mode"]
 
-    for epoch in range(start_epoch, int(train_cfg["epochs"])):
+    for epoch in range(start_epoch, epochs):
+        if run_seconds() >= budget_s:  # a resumed run whose budget is already spent
+            break
         epoch_seed = _epoch_seed(seed, epoch, rank)
         seed_everything(epoch_seed)
         generator.manual_seed(epoch_seed)
@@ -246,7 +268,16 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
         sums: dict[str, float] = defaultdict(float)
         count = 0
         out_of_time = False
-        for batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}", disable=not main, leave=False):
+        steps = max(1, len(train_loader))
+        elapsed = run_seconds()
+        for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not main,
+                                          leave=False)):
+            # the schedule follows whichever ends the run first, the epochs or the time budget, so a
+            # budgeted run (epochs set far too high) still anneals; set per step, as a budget may
+            # end inside the first epoch
+            progress = max((epoch + step / steps) / epochs, elapsed / budget_s)
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * lr_factor(schedule, progress)
             batch = to_device(batch, device)
             with _autocast(device, amp):
                 loss, logs = task.training_step(train_model, batch)
@@ -259,7 +290,8 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
             for key, value in logs.items():
                 sums[key] += float(value) * size
             count += size
-            if time.perf_counter() - started > budget_s:
+            elapsed = run_seconds()
+            if elapsed > budget_s:
                 out_of_time = True
                 break
         totals = torch.tensor([count] + [sums[k] for k in sorted(sums)], dtype=torch.float64)
@@ -269,7 +301,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
         row.update({f"train_{k}": v for k, v in task.epoch_end("train").items()})
         row["train_volumes"] = float(totals[0])
         row["lr"] = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        elapsed = run_seconds()
 
         if main:
             if val_loader is not None:
@@ -282,7 +314,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
             if is_best:
                 best = value
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
+                       "epoch": epoch + 1, "history": history, "best": best, "train_seconds": elapsed}
             _save_checkpoint(ckpt_dir / "last.pt", payload)
             if is_best:
                 _save_checkpoint(ckpt_dir / "best.pt", payload)

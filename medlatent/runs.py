@@ -37,8 +37,8 @@ def prepare_run(cfg: dict[str, Any], out: str | Path | None, resume: bool) -> Pa
     return run
 
 
-def load_run_config(run: str | Path) -> dict[str, Any]:
-    """The resolved config a run was trained with (``RUN/config.yaml``)."""
+def load_run_config(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved config a run was trained with (``RUN/config.yaml``), updated by ``overrides``."""
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise InputError(f"{run}: not a run directory (no config.yaml)")
@@ -46,7 +46,7 @@ def load_run_config(run: str | Path) -> dict[str, Any]:
         raw = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML: {err}") from None
-    return resolve(raw, source=str(path))
+    return resolve(raw, overrides, source=str(path))
 
 
 def checkpoint_path(run: str | Path, which: str = "best") -> Path:

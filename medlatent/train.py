@@ -10,7 +10,8 @@ import pandas as pd
 
 from medlatent import distributed as dist_utils
 from medlatent.config import family_module
-from medlatent.engine import fit, seed_everything
+from medlatent.engine import fit, lr_factor, seed_everything
+from medlatent.errors import InputError
 from medlatent.io import write_text_atomic
 from medlatent.runs import load_run_config, prepare_run, write_config, write_json
 
@@ -24,19 +25,32 @@ def cache_dir_for(cfg: dict[str, Any], run: Path) -> Path | None:
     return Path(cfg["data"]["cache_dir"]) if cfg["data"].get("cache_dir") else run / "cache"
 
 
-def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = False) -> Path:
+# what --resume may change: how long the run goes on, nothing about what it trains
+LENGTH_KEYS = ("epochs", "max_minutes")
+
+
+def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = False,
+          lengthen: dict[str, Any] | None = None) -> Path:
     """Train the family named by ``cfg['model']``; returns the run directory.
 
     With ``resume`` the run's own ``config.yaml`` is used, so a resumed run cannot
-    silently change its settings.
+    silently change its settings; ``lengthen`` (``{"train": {"epochs": .., "max_minutes": ..}}``,
+    from ``--set`` on the command line) is the one explicit exception. ``train.max_minutes``
+    counts the run's training time over all its invocations.
     """
     from transforms.pipeline import make_dataset
     from transforms.records import load_split_records
 
+    other = sorted(set(lengthen or {}) - {"train"}) + \
+        [f"train.{key}" for key in sorted(set((lengthen or {}).get("train") or {}) - set(LENGTH_KEYS))]
+    if other:
+        raise InputError(f"--resume keeps the run's config; only train.epochs and train.max_minutes may be "
+                         f"--set to lengthen it, got {', '.join(other)}")
+    lr_factor(cfg["train"]["schedule"], 0.0)  # a bad name fails before the run folder is made
     dist_utils.init_distributed()
     run = prepare_run(cfg, out, resume)
     if resume:
-        cfg = load_run_config(run)
+        cfg = load_run_config(run, lengthen)
     family = family_module(cfg["model"])
     seed_everything(int(cfg["train"]["seed"]))
     records, info = load_split_records(cfg["data"])

@@ -21,6 +21,15 @@ def test_bad_override_exits_2_naming_it(tmp_path, capsys):
     assert "data.spatial_sizes" in capsys.readouterr().err
 
 
+def test_unknown_schedule_exits_2_before_any_run_is_made(tmp_path, capsys):
+    config = tmp_path / "ok.yaml"
+    config.write_text("model: vqvae3d\n")
+    out = tmp_path / "r"
+    assert main(["train", str(config), "--set", "train.schedule=linear", "--out", str(out)]) == 2
+    assert "train.schedule" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_run_commands_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
@@ -31,3 +40,12 @@ def test_resume_without_checkpoint_names_it(tmp_path, capsys):
     config.write_text("model: vqvae3d\n")
     assert main(["train", str(config), "--out", str(tmp_path / "r"), "--resume"]) == 2
     assert "last.pt" in capsys.readouterr().err
+
+
+def test_resume_may_only_lengthen_the_run(tmp_path, capsys):
+    config = tmp_path / "ok.yaml"
+    config.write_text("model: vqvae3d\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "r"), "--resume", "--set", "train.epochs=9",
+                 "--set", "train.lr=0.1", "--set", "loss.beta=1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "loss" in err and "train.epochs," not in err

@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
+from medlatent.engine import lr_factor
+from medlatent.errors import InputError
 from medlatent.runs import load_checkpoint
 
 TOY = Path(__file__).with_name("toy_training.py")
@@ -48,6 +51,33 @@ def test_fit_writes_checkpoints_metrics_figures_and_tensorboard(tmp_path):
     assert (tmp_path / "figures" / "recon_epoch003.png").stat().st_size > 0
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+def test_lr_factor_schedules():
+    assert [lr_factor("cosine", p) for p in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert [lr_factor("step", p) for p in (0.0, 0.34, 0.67, 1.0)] == pytest.approx([1.0, 0.3, 0.09, 0.09])
+    assert lr_factor("none", 0.9) == 1.0
+    with pytest.raises(InputError, match="train.schedule"):
+        lr_factor("linear", 0.5)
+
+
+def test_cosine_anneals_over_the_time_budget_and_the_budget_spans_resume(tmp_path):
+    toy = _load_toy()
+    # epochs far too many: only the 4-second budget can drive the schedule, as in the benchmarks
+    toy.run(str(tmp_path), epochs=10_000, step_sleep=0.05, schedule="cosine", max_minutes=4 / 60)
+    rows = _csv_rows(tmp_path / "metrics.csv")
+    rates = [float(r["lr"]) for r in rows]
+    assert 2 <= len(rows) < 10_000
+    assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.2 * 3e-3 < rates[0]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["train_seconds"] >= 4.0
+
+    toy.run(str(tmp_path), resume=True, epochs=10_000, step_sleep=0.05, schedule="cosine", max_minutes=4 / 60)
+    assert len(_csv_rows(tmp_path / "metrics.csv")) == len(rows), "a spent budget trained on after --resume"
+
+    toy.run(str(tmp_path), resume=True, epochs=10_000, step_sleep=0.05, schedule="cosine", max_minutes=8 / 60)
+    longer = [float(r["lr"]) for r in _csv_rows(tmp_path / "metrics.csv")][len(rows):]
+    # the lengthened run restarts at the cosine's midpoint, not at the top
+    assert longer and 0.2 * 3e-3 < longer[0] < 0.8 * 3e-3
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):

@@ -64,16 +64,17 @@ def toy_dataset(n: int, seed: int) -> list[dict]:
     return items
 
 
-def toy_config(epochs: int = 3) -> dict:
+def toy_config(epochs: int = 3, **train) -> dict:
     cfg = copy.deepcopy(COMMON_DEFAULTS)
     cfg["train"].update(epochs=epochs, batch_size=4, lr=3e-3, best_metric="val_ssim", best_mode="max")
+    cfg["train"].update(train)
     return cfg
 
 
-def run(run_dir: str, resume: bool = False, epochs: int = 3, step_sleep: float = 0.0) -> ToyTask:
+def run(run_dir: str, resume: bool = False, epochs: int = 3, step_sleep: float = 0.0, **train) -> ToyTask:
     seed_everything(0)
     task = ToyTask(step_sleep)
-    fit(task, toy_dataset(16, 0), toy_dataset(4, 1), toy_config(epochs), run_dir, resume=resume)
+    fit(task, toy_dataset(16, 0), toy_dataset(4, 1), toy_config(epochs, **train), run_dir, resume=resume)
     return task
 
 
