@@ -267,7 +267,6 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
         task.epoch_start("train")
         sums: dict[str, float] = defaultdict(float)
         count = 0
-        out_of_time = False
         steps = max(1, len(train_loader))
         elapsed = run_seconds()
         for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not main,
@@ -292,7 +291,6 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
             count += size
             elapsed = run_seconds()
             if elapsed > budget_s:
-                out_of_time = True
                 break
         totals = torch.tensor([count] + [sums[k] for k in sorted(sums)], dtype=torch.float64)
         dist_utils.all_reduce_sum(totals)
@@ -301,7 +299,6 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
         row.update({f"train_{k}": v for k, v in task.epoch_end("train").items()})
         row["train_volumes"] = float(totals[0])
         row["lr"] = optimizer.param_groups[0]["lr"]
-        elapsed = run_seconds()
 
         if main:
             if val_loader is not None:
@@ -313,17 +310,19 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
             is_best = _improved(value, best, best_mode)
             if is_best:
                 best = value
-            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "epoch": epoch + 1, "history": history, "best": best, "train_seconds": elapsed}
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            _log_epoch(writer, task, model, val_loader, device, history, run_dir, cfg)
+        # one clock reading decides the stop and is what the checkpoint keeps, so a run stopped
+        # on its budget is still out of time when resumed (validation and figures count too)
+        elapsed = run_seconds()
+        if main:
+            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                       "history": history, "best": best, "train_seconds": elapsed}
             _save_checkpoint(ckpt_dir / "last.pt", payload)
             if is_best:
                 _save_checkpoint(ckpt_dir / "best.pt", payload)
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            _log_epoch(writer, task, model, val_loader, device, history, run_dir, cfg)
         dist_utils.barrier()
-        stop = torch.tensor([1.0 if out_of_time else 0.0])
-        dist_utils.all_reduce_sum(stop)
-        if stop.item() > 0:
+        if elapsed >= budget_s:  # every rank read the same clock, so all stop here together
             break
     if writer is not None:
         writer.close()
