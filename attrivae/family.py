@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from scipy.stats import spearmanr
 
 from attrivae.attention import EVIDENCE, METHODS, grad_cam, resolve_layer
 from attrivae.attributes import AttributeMap, check_attributes_present, fit_attribute_map
@@ -213,7 +214,8 @@ def cmd_evaluate(run: str | Path, split: str = "test", prior: bool = False) -> d
 
     Keys: ``mse``, ``ssim`` (means over volumes), ``accuracy``, ``auc`` (from the predicted
     probabilities over the whole split), ``interpretability``, ``mig``, ``sap``, ``scc``,
-    ``modularity`` (AR-VAE definitions on ``mu``) and ``per_attribute: {name: {...}}``.
+    ``modularity`` (AR-VAE definitions on ``mu``), ``per_attribute: {name: {...}}`` and
+    ``tied_spearman: {name: rho}`` (each regularised attribute against its own latent dim).
     """
     from medlatent.engine import make_loader, run_evaluation
     from transforms.pipeline import make_dataset
@@ -238,6 +240,12 @@ def cmd_evaluate(run: str | Path, split: str = "test", prior: bool = False) -> d
         metrics[key] = task.report.get(key, float("nan"))
     metrics["per_attribute"] = task.report.get("per_attribute", {})
     metrics["regularized"] = {n: d for n, d in zip(state.attributes.regularized, state.attributes.dims)}
+    # the per-attribute figures use the dim the MI estimate picks, which on a few dozen subjects
+    # may not be the tied one; this says how well each tied dim itself orders its attribute
+    table = pd.DataFrame(rows)
+    metrics["tied_spearman"] = {
+        name: float(spearmanr(table[name], table[f"z_{name}"])[0]) if len(table) > 2 else float("nan")
+        for name in state.attributes.regularized}
     write_json(run / "eval" / "metrics.json", _finite(metrics))
     write_text_atomic(run / "eval" / "per_subject.csv", pd.DataFrame(rows).to_csv(index=False))
     print(f"{run}: {split} mse {metrics['mse']:.4g} ssim {metrics['ssim']:.3f} accuracy {metrics['accuracy']:.3f} "

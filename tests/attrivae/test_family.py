@@ -30,6 +30,10 @@ def test_evaluate_writes_every_metric(trained_run):
     per_subject = pd.read_csv(trained_run / "eval" / "per_subject.csv")
     assert len(per_subject) == metrics["n"] == 8
     assert {"subject", "mse", "ssim", "prob", "label", "z_cavity_volume_mm3"} <= set(per_subject.columns)
+    tied = metrics["tied_spearman"]
+    assert set(tied) == {"cavity_volume_mm3", "wall_thickness_mm"}
+    expected = per_subject["cavity_volume_mm3"].corr(per_subject["z_cavity_volume_mm3"], method="spearman")
+    assert tied["cavity_volume_mm3"] == pytest.approx(expected)
 
 
 def test_encode_writes_mu_per_subject(trained_run, phantom_manifest, tmp_path):
