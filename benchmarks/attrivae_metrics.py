@@ -64,7 +64,7 @@ def _train_and_evaluate(config: Path, run: Path, budget_min: float, gamma: float
     fit = cmd_evaluate(run, "train")
     metrics = cmd_evaluate(run, "test")
     metrics["train_split"] = {k: fit[k] for k in ("ssim", "auc", "accuracy", "interpretability", "mig", "sap", "scc",
-                                                  "modularity", "per_attribute")}
+                                                  "modularity", "per_attribute", "tied_spearman")}
     trained = max(0, len((run / "metrics.csv").read_text().strip().splitlines()) - 1)  # one row per epoch
     return {**metrics, "train_seconds": seconds, "epochs": trained, "best_epoch": int(metrics.get("epoch") or 0),
             "run": str(run)}
@@ -295,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             means = entry[model]["regularized_means"]
             lines.append(f"\n{name} {model}: over the regularised attributes: interpretability {_fmt(means['interpretability'])}, "
                          f"MIG {_fmt(means['mig'])}, SAP {_fmt(means['sap'])}, SCC {_fmt(means['scc'])}")
+        tied = entry["attrivae"].get("tied_spearman") or {}
+        if tied:
+            lines.append(f"\n{name} attrivae, each regularised attribute against its own dim, test Spearman: "
+                         + ", ".join(f"{n} {_fmt(v)}" for n, v in tied.items())
+                         + f"; mean {_fmt(float(np.mean(list(tied.values()))))}")
         fit = entry["attrivae"]["train_split"]
         lines.append(f"\n{name} attrivae on its training split: interpretability {_fmt(fit['interpretability'])}, "
                      f"MIG {_fmt(fit['mig'])}, SAP {_fmt(fit['sap'])}, SCC {_fmt(fit['scc'])}, AUC {_fmt(fit['auc'])}")
