@@ -8,7 +8,8 @@ TensorBoard, figures, atomic ``last.pt``/``best.pt`` and ``--resume``.
 Determinism: every random draw of epoch ``e`` on rank ``r`` (shuffling, augmentation,
 sampling noise, code restarts) comes from generators seeded with ``(seed, e, r)`` at the
 start of the epoch, so a run resumed from the checkpoint of epoch ``e - 1`` replays
-epoch ``e`` exactly as the uninterrupted run did.
+epoch ``e`` exactly as the uninterrupted run did, unless ``train.max_minutes`` drives the
+schedule or the stop (wall-clock time does not replay).
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
     Writes into ``run_dir``: ``checkpoints/last.pt`` (every epoch), ``checkpoints/best.pt``
     (best ``train.best_metric``), ``metrics.csv``, ``tb/`` and ``figures/``. With
     ``resume`` it continues after the last completed epoch of ``checkpoints/last.pt``.
-    Returns the per-epoch history (also in ``metrics.csv``).
+    Training ends after ``train.epochs`` or once the run's time (over all its invocations,
+    validation included) passes ``train.max_minutes``; ``train.schedule`` follows whichever
+    comes first (``lr_factor``). Returns the per-epoch history (also in ``metrics.csv``).
     """
     run_dir = Path(run_dir)
     train_cfg = cfg["train"]

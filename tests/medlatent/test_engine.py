@@ -116,22 +116,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, train: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     toy = _load_toy()
-    task = toy.run(run_dir, epochs=2)
+    task = toy.run(run_dir, **train)
     torch.save(task.model.state_dict(), f"{out_dir}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+def _ddp_run(tmp_path: Path, train: dict) -> list[dict]:
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "run"), str(tmp_path), train), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
-    assert len(_csv_rows(tmp_path / "run" / "metrics.csv")) == 2
     initial = _load_toy().ToyAutoencoder()
     assert any(not torch.equal(initial.state_dict()[k], rank0[k]) for k in rank0), "weights never moved"
+    return _csv_rows(tmp_path / "run" / "metrics.csv")
+
+
+def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
+    assert len(_ddp_run(tmp_path, {"epochs": 2})) == 2
+
+
+def test_two_process_budgeted_cosine_run_keeps_ranks_in_step(tmp_path):
+    # each rank's own clock differs (they start apart); the shared clock gives both the same
+    # rate at every step and the same last step, or the weights would differ or DDP would hang
+    rows = _ddp_run(tmp_path, {"epochs": 10_000, "schedule": "cosine", "max_minutes": 3 / 60, "step_sleep": 0.02})
+    assert 1 <= len(rows) < 10_000 and float(rows[-1]["lr"]) < 0.5 * 3e-3
