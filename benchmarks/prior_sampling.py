@@ -28,7 +28,7 @@ from medlatent.io import write_text_atomic
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train_vqvae(workdir: Path, quick: bool) -> Path:
+def _train_vqvae(workdir: Path, quick: bool, minutes: float | None = None) -> Path:
     from medlatent.config import load_config
     from medlatent.train import train
 
@@ -38,6 +38,9 @@ def _train_vqvae(workdir: Path, quick: bool) -> Path:
     if quick:
         overrides += ["data.spatial_size=[32,32,24]", "net.channels=[32]", "net.num_codes=64",
                       "train.max_minutes=2", "train.epochs=50"]
+    elif minutes:
+        # the config's 100 epochs take well over an hour on a 2-core CPU
+        overrides += [f"train.max_minutes={minutes}"]
     cfg = load_config(ROOT / "configs" / "vqvae3d_ixi.yaml", overrides)
     run = workdir / "vqvae_ixi"
     if (run / "checkpoints" / "best.pt").is_file():
@@ -92,6 +95,23 @@ def time_at_grid(shape: tuple[int, int, int], dim: int, depth: int, heads: int, 
             "transformer_sample_s_batch1": ours, "monai_sample_s": theirs, "speedup": theirs / ours}
 
 
+def table(results: dict) -> str:
+    """The headline figures of both priors as a markdown table."""
+    rows = [("test bits per code (unigram %.3f)" % results["unigram_bits_per_code"], "bits_per_code", "%.3f"),
+            ("seconds per volume, batched, decode included", "sample_s", "%.3f"),
+            ("seconds per volume, batch 1", "sample_s_batch1", "%.2f"),
+            ("MMD on encoder features", "mmd", "%.3f"),
+            ("MMD permutation p", "mmd_p", "%.3f"),
+            ("diversity: mean pairwise SSIM (real %.3f)" % results["transformer_diversity_real"],
+             "diversity_samples", "%.3f")]
+    lines = ["| figure | gated PixelCNN | cached transformer |", "|---|---:|---:|"]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt % results[f"{kind}_{key}"] for kind in ("pixelcnn", "transformer")) + " |")
+    lines.append(f"| MONAI inferer, seconds per volume, batch 1 | | {results['monai_sample_s']:.2f} "
+                 f"({results['transformer_speedup_vs_monai']:.1f}x slower) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models, about a minute per prior")
@@ -99,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", help="an IXI VQ-VAE run (default: train one under --workdir)")
     parser.add_argument("--workdir", default="runs/bench_prior_sampling")
     parser.add_argument("--minutes", type=float, default=None, help="training budget per prior")
+    parser.add_argument("--vqvae-minutes", type=float, default=None,
+                        help="training budget of the VQ-VAE (default: the config's epochs); ignored with --run or --quick")
     parser.add_argument("--timing-grid", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="only time both samplers at this code grid (untrained network of --timing-size)")
     parser.add_argument("--timing-size", type=int, nargs=3, metavar=("DIM", "DEPTH", "HEADS"), default=(64, 2, 4))
@@ -114,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    run = Path(args.run) if args.run else _train_vqvae(workdir, args.quick)
+    run = Path(args.run) if args.run else _train_vqvae(workdir, args.quick, args.vqvae_minutes)
     minutes = args.minutes or (1.0 if args.quick else 10.0)
     common = [f"train.max_minutes={minutes}", "train.epochs=1000", "prior.eval.num_samples=" + ("8" if args.quick else "18")]
     # learning rates from a one-minute check on the quick run: the PixelCNN reached 0.95 bits per
@@ -150,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[key] = results[f"transformer_{key}"]
     results["threads"] = torch.get_num_threads()
     print(json.dumps(results, indent=2))
+    print(table(results))
     if args.json:
         write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return results
