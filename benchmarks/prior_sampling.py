@@ -5,11 +5,12 @@ run, evaluates both (``vqvae3d.generation.evaluate_prior``), and times MONAI's
 ``VQVAETransformerInferer.sample`` (no key/value cache) with the trained transformer's own
 network, i.e. the same width and depth on the same grid, against our cached sampler at batch 1.
 
-    python benchmarks/prior_sampling.py [--quick] [--json OUT] [--run RUN] [--workdir DIR]
+    python benchmarks/prior_sampling.py [--quick] [--json OUT] [--run RUN] [--workdir DIR] [--vqvae-minutes M]
     python benchmarks/prior_sampling.py --timing-grid 16 16 12 [--timing-size 64 2 4] [--json OUT]
 
 Without ``--run`` it first trains a VQ-VAE on IXI (``configs/vqvae3d_ixi.yaml``; with ``--quick`` at
-32x32x24 for two minutes). ``--quick`` takes a few minutes: small priors, one minute each.
+32x32x24 for two minutes; ``--vqvae-minutes`` caps the full-size one, whose 100 epochs take over an
+hour on a 2-core CPU). ``--quick`` takes a few minutes: small priors, one minute each.
 """
 
 from __future__ import annotations
