@@ -27,7 +27,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from torch import nn
 
-from attrivae.model import AttriVAE
+from medlatent.attrivae.model import AttriVAE
 from medlatent.errors import InputError
 
 __all__ = ["default_layer", "resolve_layer", "grad_cam", "randomized_copy", "MIN_VOXELS", "METHODS", "EVIDENCE"]

@@ -19,11 +19,11 @@ import torch
 import yaml
 from scipy.stats import spearmanr
 
-from attrivae.attention import EVIDENCE, METHODS, grad_cam, resolve_layer
-from attrivae.attributes import AttributeMap, check_attributes_present, fit_attribute_map
-from attrivae.model import AttriVAE
-from attrivae.task import AttriVAETask, plain
-from attrivae.traversal import decode_latents, fit_calibration, interpolate_latents, traverse_latents
+from medlatent.attrivae.attention import EVIDENCE, METHODS, grad_cam, resolve_layer
+from medlatent.attrivae.attributes import AttributeMap, check_attributes_present, fit_attribute_map
+from medlatent.attrivae.model import AttriVAE
+from medlatent.attrivae.task import AttriVAETask, plain
+from medlatent.attrivae.traversal import decode_latents, fit_calibration, interpolate_latents, traverse_latents
 from medlatent import distributed as dist_utils
 from medlatent.errors import InputError
 from medlatent.io import child_path, write_text_atomic
@@ -167,7 +167,7 @@ def load_model(run: str | Path, which: str = "best") -> AttriVAE:
 # --- inputs ----------------------------------------------------------------------------
 
 def _load_input(path: str | Path, cfg: Mapping[str, Any], mask: str | Path | None = None) -> dict[str, Any]:
-    from transforms.pipeline import load_volume
+    from medlatent.transforms.pipeline import load_volume
 
     return load_volume(path, cfg["data"], mask=mask)
 
@@ -184,8 +184,8 @@ def _encode(state: LoadedRun, item: Mapping[str, Any]) -> tuple[torch.Tensor, to
 
 def _iter_manifest(manifest: str | Path, data_cfg: Mapping[str, Any]) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """``(subject, source, preprocessed item)`` for each scan of a manifest CSV or MedMNIST ``.npz``, one at a time."""
-    from transforms.pipeline import iter_manifest_volumes, preprocessing
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import iter_manifest_volumes, preprocessing
+    from medlatent.transforms.records import load_split_records
 
     manifest = Path(manifest)
     if manifest.suffix.lower() == ".npz":
@@ -202,7 +202,7 @@ def _iter_manifest(manifest: str | Path, data_cfg: Mapping[str, Any]) -> Iterato
 
 def _to_input(volume: torch.Tensor, item: Mapping[str, Any], cfg: Mapping[str, Any], mode: str = "bilinear"):
     """A model-space ``[1, D, H, W]`` volume on the input file's grid and affine."""
-    from transforms.pipeline import to_input_geometry
+    from medlatent.transforms.pipeline import to_input_geometry
 
     return to_input_geometry(volume.detach().cpu().float(), item, cfg["data"], mode=mode)
 
@@ -218,8 +218,8 @@ def cmd_evaluate(run: str | Path, split: str = "test", prior: bool = False) -> d
     ``tied_spearman: {name: rho}`` (each regularised attribute against its own latent dim).
     """
     from medlatent.engine import make_loader, run_evaluation
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     run = Path(run)
     if prior:
@@ -321,8 +321,8 @@ def _calibration(state: LoadedRun) -> dict[str, dict[str, float]]:
     ``RUN/eval/calibration.json``; ``{}`` when the training data cannot be read any more.
     """
     from medlatent.engine import make_loader
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     cache = state.run / "eval" / "calibration.json"
     key = {"checkpoint": state.checkpoint, "epoch": state.epoch}
@@ -434,7 +434,7 @@ def _ras(volume: Any) -> tuple[np.ndarray, np.ndarray]:
     """A path, array or MetaTensor ``[1, X, Y, Z]`` reoriented to RAS: ``([X, Y, Z], spacing mm [3])``."""
     from monai.transforms import Orientation
 
-    from transforms.pipeline import LoadVolumed
+    from medlatent.transforms.pipeline import LoadVolumed
 
     if not hasattr(volume, "affine"):
         volume = LoadVolumed(["image"])({"image": volume})["image"]
@@ -549,7 +549,7 @@ def run_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
     An already trained run is reused. Returns lines for the user.
     """
     from medlatent.train import train
-    from transforms.records import load_split_records
+    from medlatent.transforms.records import load_split_records
 
     workdir = Path(workdir)
     run = workdir / "run"

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from attrivae.ar_loss import ar_loss
+from medlatent.attrivae.ar_loss import ar_loss
 
 __all__ = ["reconstruction_loss", "kl_divergence", "classification_loss", "attrivae_loss"]
 

@@ -10,10 +10,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from attrivae.attributes import AttributeMap
-from attrivae.disentanglement import METRIC_KEYS, disentanglement_report
-from attrivae.losses import attrivae_loss
-from attrivae.model import AttriVAE
+from medlatent.attrivae.attributes import AttributeMap
+from medlatent.attrivae.disentanglement import METRIC_KEYS, disentanglement_report
+from medlatent.attrivae.losses import attrivae_loss
+from medlatent.attrivae.model import AttriVAE
 from medlatent.engine import Task
 from medlatent.metrics import reconstruction_metrics
 

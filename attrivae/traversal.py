@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LinearRegression
 
-from attrivae.model import AttriVAE
+from medlatent.attrivae.model import AttriVAE
 
 __all__ = ["traverse_latents", "interpolate_latents", "decode_latents", "fit_calibration"]
 

@@ -49,7 +49,7 @@ VENTRICLE_ATTRIBUTE = "lateral_ventricles_mm3"
 
 
 def _train_and_evaluate(config: Path, run: Path, budget_min: float, gamma: float | None) -> dict[str, Any]:
-    from attrivae.family import cmd_evaluate
+    from medlatent.attrivae.family import cmd_evaluate
     from medlatent.config import load_config
     from medlatent.train import train
 
@@ -84,9 +84,9 @@ def _regularized_means(metrics: dict[str, Any], names: list[str]) -> dict[str, f
 
 def _test_attributes(run: Path) -> tuple[np.ndarray, list[str]]:
     """The regularised attributes of the run's test subjects ``[N, A]`` and their names (no model loaded)."""
-    from attrivae.attributes import AttributeMap
+    from medlatent.attrivae.attributes import AttributeMap
     from medlatent.runs import load_run_config
-    from transforms.records import load_split_records
+    from medlatent.transforms.records import load_split_records
 
     amap = AttributeMap.load(run)
     records, _ = load_split_records(load_run_config(run)["data"])
@@ -104,7 +104,7 @@ def _attribute_ceiling(values: np.ndarray, names: list[str], noise: float | np.n
     and SAP can reach on these subjects whatever the model; a dim with noise std s follows its
     attribute with Pearson r = 1 / sqrt(1 + s^2) (s 0.3: r 0.96).
     """
-    from attrivae.disentanglement import disentanglement_report
+    from medlatent.attrivae.disentanglement import disentanglement_report
 
     keys = ("interpretability", "mig", "sap", "scc")
     scores = []
@@ -131,8 +131,8 @@ def _train_resnet(config: Path, budget_min: float, outputs: int,
 
     from medlatent.config import load_config
     from medlatent.engine import make_loader, seed_everything
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     cfg = load_config(config)
     seed_everything(seed)
@@ -185,7 +185,7 @@ def _resnet_attributes(config: Path, budget_min: float, seed: int = 0) -> dict[s
 
     from medlatent.config import load_config
     from medlatent.engine import make_loader
-    from transforms.records import load_split_records
+    from medlatent.transforms.records import load_split_records
 
     cfg = load_config(config)
     names = list(cfg["loss"]["regularized"] or cfg["data"]["attributes"])
@@ -221,11 +221,11 @@ def _saved_result(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str
 def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
     """Mean share of the lateral-ventricle attention mass inside the ventricles vs their share of the
     brain, for the default map (positive evidence) and for the negative evidence (attrivae.attention)."""
-    from attrivae.attention import EVIDENCE, grad_cam
-    from attrivae.family import load_run
-    from attrivae.task import plain
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.attrivae.attention import EVIDENCE, grad_cam
+    from medlatent.attrivae.family import load_run
+    from medlatent.attrivae.task import plain
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     state = load_run(run)
     dim = state.attributes.dim_of(VENTRICLE_ATTRIBUTE)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
-    from attrivae.family import _finite
+    from medlatent.attrivae.family import _finite
 
     write_text_atomic(args.json, json.dumps(_finite(results), indent=2, default=str) + "\n")
     print(f"\nwrote {args.json}")

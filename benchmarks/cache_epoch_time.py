@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from monai.data import DataLoader
 
-from transforms.pipeline import make_dataset
-from transforms.records import load_split_records
+from medlatent.transforms.pipeline import make_dataset
+from medlatent.transforms.records import load_split_records
 
 DEFAULT_DATA = Path(os.environ.get("MEDLATENT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

@@ -84,7 +84,7 @@ def time_at_grid(shape: tuple[int, int, int], dim: int, depth: int, heads: int, 
     Sampling time does not depend on the weights' values, so an untrained prior of the given
     width and depth times both samplers at a grid larger than the quick run's without training.
     """
-    from vqvae3d.prior_transformer import TransformerPrior
+    from medlatent.vqvae3d.prior_transformer import TransformerPrior
 
     torch.manual_seed(0)
     prior = TransformerPrior(num_codes, shape, dim=dim, depth=depth, heads=heads).eval()
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         return result
 
-    from vqvae3d.generation import evaluate_prior, load_prior, train_prior
+    from medlatent.vqvae3d.generation import evaluate_prior, load_prior, train_prior
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

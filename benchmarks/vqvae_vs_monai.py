@@ -59,7 +59,7 @@ def our_model(cfg: dict[str, Any], target_params: int | None) -> torch.nn.Module
     """Ours from the config; with ``target_params`` the encoder width closest to that count."""
     import copy
 
-    from vqvae3d.family import build_model
+    from medlatent.vqvae3d.family import build_model
 
     if target_params is None:
         return build_model(cfg)
@@ -77,8 +77,8 @@ def our_model(cfg: dict[str, Any], target_params: int | None) -> torch.nn.Module
 
 def load_split(cfg: dict[str, Any], cache: Path) -> Path:
     """Preprocess the train and test splits once into a tensor file both model processes read."""
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     records, _ = load_split_records(cfg["data"])
     tensors = {}
@@ -96,7 +96,7 @@ def forward(kind: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.T
 
 def train_step(kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                recon: str = "l1") -> None:
-    from vqvae3d.model import reconstruction_loss
+    from medlatent.vqvae3d.model import reconstruction_loss
 
     reconstruction, q_loss = forward(kind, model, x)
     loss = reconstruction_loss(reconstruction, x, recon).mean() + q_loss

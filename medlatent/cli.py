@@ -34,7 +34,7 @@ def _run_family(run: str, command: str) -> Callable[..., Any]:
 # --- data -------------------------------------------------------------------------------
 
 def _data_manifest(args: argparse.Namespace) -> int:
-    from transforms.manifest import build_manifest, write_manifest
+    from medlatent.transforms.manifest import build_manifest, write_manifest
 
     tables = [{"path": args.table, "id_column": args.id_column}] if args.table else []
     if args.table and not args.id_column:
@@ -46,7 +46,7 @@ def _data_manifest(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from transforms.check import check_manifest
+    from medlatent.transforms.check import check_manifest
 
     report = check_manifest(args.manifest, attributes=args.attributes, label=args.label)
     if report.problems:
@@ -59,8 +59,8 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_attributes(args: argparse.Namespace) -> int:
-    from transforms.attributes import compute_attributes, parse_label_groups
-    from transforms.manifest import read_manifest, write_manifest
+    from medlatent.transforms.attributes import compute_attributes, parse_label_groups
+    from medlatent.transforms.manifest import read_manifest, write_manifest
 
     groups = parse_label_groups(args.labels)
     frame = compute_attributes(read_manifest(args.manifest), groups)
@@ -70,7 +70,7 @@ def _data_attributes(args: argparse.Namespace) -> int:
 
 
 def _data_from_medmnist(args: argparse.Namespace) -> int:
-    from transforms.medmnist import npz_to_nifti
+    from medlatent.transforms.medmnist import npz_to_nifti
 
     manifest = npz_to_nifti(args.npz, args.output)
     print(f"wrote {manifest}")

@@ -19,7 +19,7 @@ from medlatent.errors import InputError
 
 # model name -> module that holds DEFAULTS (its ``net``/``loss`` sections and any
 # overrides of the common ones) and build functions.
-FAMILIES: dict[str, str] = {"vqvae3d": "vqvae3d.family", "attrivae": "attrivae.family"}
+FAMILIES: dict[str, str] = {"vqvae3d": "medlatent.vqvae3d.family", "attrivae": "medlatent.attrivae.family"}
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "model": None,

@@ -7,6 +7,7 @@ synthetic volumes with known ground truth: they show the pipeline working, never
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import time
 from pathlib import Path
 
@@ -15,16 +16,17 @@ from medlatent.io import write_text_atomic
 
 __all__ = ["run_demo", "CONFIGS"]
 
-# the demo runs the same configs/<model>_demo.yaml files a user can train from
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the demo runs the same configs/<model>_demo.yaml files a user can train from; they are package
+# data (medlatent.configs), so they are found the same way after `pip install .` as in the checkout
+CONFIGS = Path(str(importlib.resources.files("medlatent.configs")))
 
 
 def _time_cached_passes(manifest: Path, spatial_size: list[int]) -> str:
     """Two passes over the phantoms through the memory cache: the second does no file I/O."""
     import copy
 
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     data_cfg = copy.deepcopy(COMMON_DEFAULTS["data"])
     data_cfg.update(manifest=str(manifest), spatial_size=spatial_size, cache="memory")
@@ -41,8 +43,8 @@ def _time_cached_passes(manifest: Path, spatial_size: list[int]) -> str:
 
 def run_demo(out: Path, quick: bool = False) -> list[str]:
     """Run the whole pipeline on phantoms under ``out``; returns (and prints) where to look."""
-    from transforms.check import check_manifest
-    from transforms.phantoms import write_phantom_dataset
+    from medlatent.transforms.check import check_manifest
+    from medlatent.transforms.phantoms import write_phantom_dataset
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def latent_map(run: str | Path, manifests: list[str | Path], output: str | Path,
     from medlatent.config import family_module
     from medlatent.figures import save_figure
     from medlatent.runs import load_run_config
-    from transforms.manifest import read_manifest
+    from medlatent.transforms.manifest import read_manifest
 
     if method not in METHODS:
         raise InputError(f"--method: unknown {method!r}; choose one of {list(METHODS)}")

@@ -38,8 +38,8 @@ def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = Fal
     from ``--set`` on the command line) is the one explicit exception. ``train.max_minutes``
     counts the run's training time over all its invocations.
     """
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     other = sorted(set(lengthen or {}) - {"train"}) + \
         [f"train.{key}" for key in sorted(set((lengthen or {}).get("train") or {}) - set(LENGTH_KEYS))]

@@ -2,6 +2,6 @@
 
 It knows nothing about models. It yields dictionaries
 ``{"image": MetaTensor[1,D,H,W], "mask"?: MetaTensor, "label"?: tensor, "attrs"?: tensor[A], "subject": str}``.
-Import the submodules directly (``from transforms.pipeline import preprocessing``);
-this file imports nothing so that ``import transforms.manifest`` stays cheap.
+Import the submodules directly (``from medlatent.transforms.pipeline import preprocessing``);
+this file imports nothing so that ``import medlatent.transforms.manifest`` stays cheap.
 """

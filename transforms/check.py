@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from transforms.manifest import read_manifest
-from transforms.sitk_reader import sitk_affine_ras
+from medlatent.transforms.manifest import read_manifest
+from medlatent.transforms.sitk_reader import sitk_affine_ras
 
 # affines closer than this (mm, per entry) count as the same grid
 AFFINE_TOLERANCE = 1e-3

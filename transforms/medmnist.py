@@ -16,8 +16,8 @@ import pandas as pd
 
 from medlatent.errors import InputError
 from medlatent.io import atomic_path
-from transforms.manifest import write_manifest
-from transforms.splits import SPLITS
+from medlatent.transforms.manifest import write_manifest
+from medlatent.transforms.splits import SPLITS
 
 # MedMNIST volumes are binary-like shape masks stored as 0..255; this is the mask threshold
 MASK_THRESHOLD = 127

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 
 from medlatent.io import atomic_path, child_path
-from transforms.manifest import write_manifest
+from medlatent.transforms.manifest import write_manifest
 
 SPACING_MM = 2.0
 # voxel (i, j, k) -> world: i runs to the Left, j to the Posterior, k to the Superior (LPS)

@@ -47,7 +47,7 @@ from monai.transforms import (
 )
 
 from medlatent.errors import InputError
-from transforms.sitk_reader import SimpleITKReader
+from medlatent.transforms.sitk_reader import SimpleITKReader
 
 INTENSITY_MODES = ("percentile", "minmax", "zscore", "none")
 SPATIAL_FITS = ("resize", "pad_crop")
@@ -325,7 +325,7 @@ def iter_manifest_volumes(manifest: str | Path, data_cfg: Mapping[str, Any]) -> 
         InputError: the manifest is unreadable, or a row's image (or needed mask) is missing or not
             a 3D volume; the message names the manifest, the row and the file.
     """
-    from transforms.manifest import read_manifest  # local: keeps module import light
+    from medlatent.transforms.manifest import read_manifest  # local: keeps module import light
 
     for i, row in read_manifest(manifest).iterrows():
         try:
@@ -336,7 +336,7 @@ def iter_manifest_volumes(manifest: str | Path, data_cfg: Mapping[str, Any]) -> 
 
 
 def _stem(path: Path) -> str:
-    from transforms.manifest import subject_from_filename  # local: keeps module import light
+    from medlatent.transforms.manifest import subject_from_filename  # local: keeps module import light
 
     return subject_from_filename(path)
 

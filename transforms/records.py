@@ -20,10 +20,10 @@ import SimpleITK as sitk
 
 from medlatent.errors import InputError
 from medlatent.io import atomic_path
-from transforms.attributes import STATISTICS, shape_statistics
-from transforms.manifest import build_manifest, read_manifest
-from transforms.medmnist import MASK_THRESHOLD, load_npz
-from transforms.splits import SPLITS, assign_splits
+from medlatent.transforms.attributes import STATISTICS, shape_statistics
+from medlatent.transforms.manifest import build_manifest, read_manifest
+from medlatent.transforms.medmnist import MASK_THRESHOLD, load_npz
+from medlatent.transforms.splits import SPLITS, assign_splits
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from medlatent import distributed as dist_utils
 from medlatent.errors import InputError
 from medlatent.io import write_text_atomic
 from medlatent.runs import checkpoint_path, load_checkpoint, load_run_config, write_json
-from vqvae3d.model import VQVAE3d
-from vqvae3d.task import VQVAETask
+from medlatent.vqvae3d.model import VQVAE3d
+from medlatent.vqvae3d.task import VQVAETask
 
 __all__ = ["DEFAULTS", "build_model", "build_task", "load_model", "cmd_evaluate", "cmd_reconstruct",
            "cmd_encode", "encode_features", "cmd_train_prior", "cmd_sample", "run_demo"]
@@ -119,13 +119,13 @@ def cmd_evaluate(run: Path, split: str = "test", prior: bool = False) -> dict[st
     """Write ``RUN/eval/metrics.json`` and ``per_subject.csv`` for ``split`` (suffixed ``_val`` etc. for
     other splits); with ``prior`` delegate to the generation module. Returns the metrics."""
     if prior:
-        from vqvae3d.generation import evaluate_prior
+        from medlatent.vqvae3d.generation import evaluate_prior
 
         return evaluate_prior(run)
     from medlatent.engine import make_loader, run_evaluation
     from medlatent.train import cache_dir_for
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     model, cfg = load_model(run)
     records, _ = load_split_records(cfg["data"])
@@ -156,7 +156,7 @@ def cmd_reconstruct(run: Path, input: Path, output: Path, mask: Path | None = No
     scan's mask, needed when the run was trained with ``data.mask_image``.
     """
     from medlatent.nifti import write_nifti
-    from transforms.pipeline import load_volume, to_input_geometry
+    from medlatent.transforms.pipeline import load_volume, to_input_geometry
 
     if not str(output).endswith((".nii", ".nii.gz")):
         raise InputError(f"{output}: the output must be a .nii or .nii.gz file")
@@ -176,7 +176,7 @@ def encode_features(run: Path, manifest: Path, codes_dir: Path | None = None) ->
     See ``vqvae3d.features.volume_features`` for the columns. With ``codes_dir``, each
     subject's code grid(s) are saved there as ``.npy``.
     """
-    from vqvae3d.features import encode_manifest
+    from medlatent.vqvae3d.features import encode_manifest
 
     model, cfg = load_model(run)
     return encode_manifest(model, cfg["data"], manifest, codes_dir)
@@ -193,7 +193,7 @@ def cmd_encode(run: Path, manifest: Path, out: Path, codes_dir: Path | None = No
 def cmd_train_prior(run: Path, prior: str = "transformer", overrides: list[str] | None = None,
                     resume: bool = False) -> Any:
     """Train an autoregressive prior over the run's codes (``vqvae3d.generation``)."""
-    from vqvae3d.generation import train_prior
+    from medlatent.vqvae3d.generation import train_prior
 
     return train_prior(run, prior=prior, overrides=overrides, resume=resume)
 
@@ -201,7 +201,7 @@ def cmd_train_prior(run: Path, prior: str = "transformer", overrides: list[str] 
 def cmd_sample(run: Path, n: int = 8, label: str | None = None, temperature: float = 1.0, top_k: int | None = None,
                seed: int = 0, out: Path | None = None) -> Any:
     """Sample volumes from the run's prior (``vqvae3d.generation``)."""
-    from vqvae3d.generation import sample
+    from medlatent.vqvae3d.generation import sample
 
     return sample(run, n=n, label=label, temperature=temperature, top_k=top_k, seed=seed, out=out)
 
@@ -211,7 +211,7 @@ def cmd_sample(run: Path, n: int = 8, label: str | None = None, temperature: flo
 def run_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
     """Train, evaluate and reconstruct the VQ-VAE on the phantoms (``cfg`` from configs/vqvae3d_demo.yaml)."""
     from medlatent.train import train
-    from transforms.manifest import read_manifest
+    from medlatent.transforms.manifest import read_manifest
 
     run = Path(workdir) / "run"
     resume = (run / "checkpoints" / "last.pt").is_file()

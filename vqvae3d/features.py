@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from medlatent.io import atomic_path, child_path
-from vqvae3d.model import VQVAE3d
-from vqvae3d.quantizer import perplexity
+from medlatent.vqvae3d.model import VQVAE3d
+from medlatent.vqvae3d.quantizer import perplexity
 
 __all__ = ["volume_features", "encode_manifest"]
 
@@ -63,7 +63,7 @@ def encode_manifest(model: VQVAE3d, data_cfg: Mapping[str, Any], manifest: str |
         InputError: the manifest is unreadable, or a row's image is missing or not a 3D
             volume (names the manifest, row and file).
     """
-    from transforms.pipeline import iter_manifest_volumes
+    from medlatent.transforms.pipeline import iter_manifest_volumes
 
     rows = []
     for row, item in iter_manifest_volumes(manifest, data_cfg):

@@ -35,8 +35,8 @@ from medlatent.metrics import reconstruction_metrics
 from medlatent.nifti import write_nifti
 from medlatent.runs import checkpoint_path, load_checkpoint, prepare_run, read_json, write_json
 from medlatent.io import atomic_path, write_text_atomic
-from vqvae3d.prior_pixelcnn import PixelCNN3d
-from vqvae3d.prior_transformer import ORDERINGS, TransformerPrior
+from medlatent.vqvae3d.prior_pixelcnn import PixelCNN3d
+from medlatent.vqvae3d.prior_transformer import ORDERINGS, TransformerPrior
 
 __all__ = ["PRIOR_DEFAULTS", "PRIORS", "CodePrior", "CodeGridDataset", "PriorTask", "build_prior", "train_prior",
            "load_prior", "sample", "sample_codes", "evaluate_prior", "mmd_test", "mean_pairwise_ssim",
@@ -276,8 +276,8 @@ def encoded_splits(run: Path, pdir: Path, vqvae: nn.Module, vq_cfg: dict[str, An
     "subjects": [str]}}}``.
     """
     from medlatent.train import cache_dir_for
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     key = hashlib.sha1(json.dumps({"checkpoint": _file_digest(checkpoint_path(run, "best")),
                                    "data": vq_cfg["data"]}, sort_keys=True, default=str).encode()).hexdigest()
@@ -325,7 +325,7 @@ def train_prior(run: str | Path, prior: str | None = "transformer", overrides: l
     rejected). With ``resume`` the stored ``config.yaml`` is used; only ``train.*`` may then be
     overridden (say, more epochs), and ``prior`` must match the stored type.
     """
-    from vqvae3d.family import load_model
+    from medlatent.vqvae3d.family import load_model
 
     run = Path(run)
     pdir = _prior_dir(run, prior_dir)
@@ -448,7 +448,7 @@ def sample(run: str | Path, n: int = 8, label: str | None = None, temperature: f
     Writes ``sample_000.nii.gz`` ... (training spacing, RAS affine), ``samples.png`` (mid-slices
     of every sample) and ``samples.json`` (labels, settings). Returns the NIfTI paths.
     """
-    from vqvae3d.family import load_model
+    from medlatent.vqvae3d.family import load_model
 
     run = Path(run)
     if n < 1:
@@ -552,7 +552,7 @@ def mean_pairwise_ssim(volumes: torch.Tensor, data_range: float, max_pairs: int 
 
 def _pooled_features(vqvae: nn.Module, volumes: torch.Tensor) -> np.ndarray:
     """The VQ-VAE's pooled encoder features (``pre_*`` of ``vqvae3d.features.volume_features``): ``[n, F]``."""
-    from vqvae3d.features import volume_features
+    from medlatent.vqvae3d.features import volume_features
 
     rows = []
     for volume in volumes:
@@ -564,8 +564,8 @@ def _pooled_features(vqvae: nn.Module, volumes: torch.Tensor) -> np.ndarray:
 def _real_volumes(run: Path, vq_cfg: dict[str, Any], split: str) -> torch.Tensor:
     """Preprocessed volumes of a split: ``[n, 1, D, H, W]``."""
     from medlatent.train import cache_dir_for
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     records, _ = load_split_records(vq_cfg["data"])
     dataset = make_dataset(records.get(split) or [], vq_cfg["data"], train=False, cache_dir=cache_dir_for(vq_cfg, run))
@@ -583,7 +583,7 @@ def evaluate_prior(run: str | Path, prior_dir: str | Path | None = None) -> dict
     - ``diversity_samples`` / ``diversity_real``: mean pairwise SSIM among samples and among
       real test volumes (samples far above the real figure have collapsed onto few modes).
     """
-    from vqvae3d.family import load_model
+    from medlatent.vqvae3d.family import load_model
 
     run = Path(run)
     pdir = _prior_dir(run, prior_dir)

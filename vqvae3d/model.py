@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from medlatent.blocks import Decoder3d, Encoder3d, depth_to_space, space_to_depth
-from vqvae3d.quantizer import EMAQuantizer
+from medlatent.vqvae3d.quantizer import EMAQuantizer
 
 __all__ = ["VQVAE3d", "reconstruction_loss"]
 

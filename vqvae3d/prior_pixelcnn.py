@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqvae3d.prior_common import GridContext, one_thread, sample_tokens, shift
+from medlatent.vqvae3d.prior_common import GridContext, one_thread, sample_tokens, shift
 
 __all__ = ["PixelCNN3d", "GatedLayer3d"]
 

@@ -25,7 +25,7 @@ from monai.networks.nets import DecoderOnlyTransformer
 from monai.utils.ordering import Ordering
 from torch import nn
 
-from vqvae3d.prior_common import GridContext, one_thread, sample_tokens
+from medlatent.vqvae3d.prior_common import GridContext, one_thread, sample_tokens
 
 __all__ = ["TransformerPrior", "ORDERINGS", "grid_ordering"]
 

@@ -10,8 +10,8 @@ from torch import nn
 from medlatent import distributed as dist_utils
 from medlatent.engine import Task
 from medlatent.metrics import reconstruction_metrics
-from vqvae3d.model import VQVAE3d, reconstruction_loss
-from vqvae3d.quantizer import codes_used_fraction, perplexity
+from medlatent.vqvae3d.model import VQVAE3d, reconstruction_loss
+from medlatent.vqvae3d.quantizer import codes_used_fraction, perplexity
 
 __all__ = ["VQVAETask", "codebook_statistics"]
 

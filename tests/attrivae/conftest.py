@@ -13,7 +13,7 @@ CT_PITCH = SHARED / "ct_samples" / "CT_pitch.nii.gz"
 
 @pytest.fixture(scope="session")
 def phantom_manifest(tmp_path_factory) -> Path:
-    from transforms.phantoms import write_phantom_dataset
+    from medlatent.transforms.phantoms import write_phantom_dataset
 
     return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), n_subjects=40, shape=(32, 32, 32), seed=0)
 

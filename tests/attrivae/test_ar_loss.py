@@ -1,7 +1,7 @@
 import torch
 
-from attrivae.ar_loss import ar_loss, attribute_regularization
-from attrivae.model import AttriVAE
+from medlatent.attrivae.ar_loss import ar_loss, attribute_regularization
+from medlatent.attrivae.model import AttriVAE
 
 
 def test_zero_when_latent_orders_batch_like_attribute():

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from attrivae.attention import default_layer, grad_cam, randomized_copy, resolve_layer
-from attrivae.family import cmd_attention, load_run
-from attrivae.model import AttriVAE
-from attrivae.task import plain
+from medlatent.attrivae.attention import default_layer, grad_cam, randomized_copy, resolve_layer
+from medlatent.attrivae.family import cmd_attention, load_run
+from medlatent.attrivae.model import AttriVAE
+from medlatent.attrivae.task import plain
 from medlatent.cli import main
 from medlatent.errors import InputError
 
@@ -54,8 +54,8 @@ def test_negative_evidence_is_the_positive_evidence_of_the_negated_dimension():
 @pytest.fixture(scope="module")
 def lesion_subjects(trained_run):
     """Label-1 phantoms preprocessed as in training, with their masks (lesion = 3)."""
-    from transforms.pipeline import make_dataset
-    from transforms.records import load_split_records
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
 
     state = load_run(trained_run)
     records, _ = load_split_records(state.cfg["data"])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from attrivae.attributes import AttributeMap, fit_attribute_map
+from medlatent.attrivae.attributes import AttributeMap, fit_attribute_map
 from medlatent.errors import InputError
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from attrivae.disentanglement import disentanglement_report, modularity
+from medlatent.attrivae.disentanglement import disentanglement_report, modularity
 
 
 def _data(n=400, latent=10, seed=0):

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attrivae import family
-from attrivae.attributes import AttributeMap
+from medlatent.attrivae import family
+from medlatent.attrivae.attributes import AttributeMap
 from medlatent.cli import main
 from medlatent.errors import InputError
 

@@ -1,6 +1,6 @@
 import torch
 
-from attrivae.losses import attrivae_loss, classification_loss, kl_divergence, reconstruction_loss
+from medlatent.attrivae.losses import attrivae_loss, classification_loss, kl_divergence, reconstruction_loss
 
 
 def test_reconstruction_is_summed_per_volume():

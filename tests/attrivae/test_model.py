@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attrivae.model import AttriVAE
+from medlatent.attrivae.model import AttriVAE
 from medlatent.blocks import Decoder3d, Encoder3d
 
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from attrivae.family import cmd_interpolate, cmd_traverse
-from attrivae.traversal import fit_calibration, interpolate_latents, traverse_latents
+from medlatent.attrivae.family import cmd_interpolate, cmd_traverse
+from medlatent.attrivae.traversal import fit_calibration, interpolate_latents, traverse_latents
 
 from .conftest import CT_PITCH, IXI_T1
 

@@ -53,7 +53,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_resolve_and_find_their_files(path, monkeypatch):
-    from transforms.manifest import build_manifest
+    from medlatent.transforms.manifest import build_manifest
 
     monkeypatch.chdir(path.parents[1])  # the configs' ../shared/data paths are relative to the repo root
     cfg = load_config(path)

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from medlatent.errors import InputError
-from transforms.attributes import STATISTICS, compute_attributes, parse_label_groups, shape_statistics
-from transforms.manifest import build_manifest
+from medlatent.transforms.attributes import STATISTICS, compute_attributes, parse_label_groups, shape_statistics
+from medlatent.transforms.manifest import build_manifest
 
 
 def test_parse_label_groups() -> None:

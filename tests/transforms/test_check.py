@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from medlatent.errors import InputError
-from transforms.check import check_manifest
+from medlatent.transforms.check import check_manifest
 
 SUBJECTS = ("IXI012-HH-1211", "IXI013-HH-1212")
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from medlatent.errors import InputError
-from transforms.manifest import build_manifest, read_manifest, subject_from_filename, write_manifest
+from medlatent.transforms.manifest import build_manifest, read_manifest, subject_from_filename, write_manifest
 
 
 def test_ixi_manifest_has_181_rows_with_demographics_and_masks(ixi_dir: Path) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from medlatent.errors import InputError
-from transforms.medmnist import load_npz, npz_to_nifti
+from medlatent.transforms.medmnist import load_npz, npz_to_nifti
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from transforms.check import check_manifest
-from transforms.phantoms import MASK_LABELS, write_phantom_dataset
-from transforms.pipeline import load_volume
+from medlatent.transforms.check import check_manifest
+from medlatent.transforms.phantoms import MASK_LABELS, write_phantom_dataset
+from medlatent.transforms.pipeline import load_volume
 
 
 def test_phantom_dataset_ground_truth(tmp_path: Path) -> None:

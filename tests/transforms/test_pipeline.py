@@ -13,7 +13,7 @@ import torch
 from monai.data import DataLoader, MetaTensor
 
 from medlatent.errors import InputError
-from transforms.pipeline import augmentation, load_volume, make_dataset, preprocessing, to_input_geometry
+from medlatent.transforms.pipeline import augmentation, load_volume, make_dataset, preprocessing, to_input_geometry
 
 SUBJECTS = ("IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236")
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from medlatent.errors import InputError
-from transforms.attributes import shape_statistics
-from transforms.records import load_split_records
+from medlatent.transforms.attributes import shape_statistics
+from medlatent.transforms.records import load_split_records
 
 
 @pytest.fixture()

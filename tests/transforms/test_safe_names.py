@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from medlatent.io import child_path
-from transforms.manifest import read_manifest
-from transforms.records import load_split_records
+from medlatent.transforms.manifest import read_manifest
+from medlatent.transforms.records import load_split_records
 
 ODD = ["../x", "/abs", "with space", "..", "a/../../b"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms.splits import assign_splits
+from medlatent.transforms.splits import assign_splits
 
 
 def test_deterministic_and_order_independent() -> None:

@@ -30,7 +30,7 @@ RAW = {
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
-    from transforms.phantoms import write_phantom_dataset
+    from medlatent.transforms.phantoms import write_phantom_dataset
 
     return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), n_subjects=20, shape=(32, 32, 32), seed=0)
 
@@ -65,7 +65,7 @@ def test_training_lowers_validation_loss_and_writes_the_run(run: Path) -> None:
 
 def test_resume_after_first_epoch_replays_the_uninterrupted_run(run: Path, phantoms: Path, tmp_path: Path,
                                                                  monkeypatch) -> None:
-    from vqvae3d.task import VQVAETask
+    from medlatent.vqvae3d.task import VQVAETask
 
     calls = {"train": 0}
     original = VQVAETask.epoch_start

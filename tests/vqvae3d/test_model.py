@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqvae3d.model import VQVAE3d
+from medlatent.vqvae3d.model import VQVAE3d
 
 
 @pytest.mark.parametrize("levels", [1, 2])

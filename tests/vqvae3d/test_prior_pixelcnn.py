@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqvae3d.prior_common import one_thread
-from vqvae3d.prior_pixelcnn import GatedLayer3d, PixelCNN3d
+from medlatent.vqvae3d.prior_common import one_thread
+from medlatent.vqvae3d.prior_pixelcnn import GatedLayer3d, PixelCNN3d
 
 SHAPE = (3, 4, 5)  # small enough to perturb every position; 6 layers of kernel 3 reach across it
 

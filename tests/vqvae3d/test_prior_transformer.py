@@ -7,8 +7,8 @@ import torch
 from monai.inferers import VQVAETransformerInferer
 from monai.utils.ordering import Ordering
 
-from vqvae3d.prior_common import one_thread
-from vqvae3d.prior_transformer import TransformerPrior, grid_ordering
+from medlatent.vqvae3d.prior_common import one_thread
+from medlatent.vqvae3d.prior_transformer import TransformerPrior, grid_ordering
 
 SHAPE = (3, 4, 5)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vqvae3d.quantizer import EMAQuantizer, codes_used_fraction, nearest_codes, perplexity
+from medlatent.vqvae3d.quantizer import EMAQuantizer, codes_used_fraction, nearest_codes, perplexity
 
 
 def _as_map(vectors: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,8 @@ def _free_port() -> int:
 def _worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from vqvae3d.model import VQVAE3d
-    from vqvae3d.task import VQVAETask
+    from medlatent.vqvae3d.model import VQVAE3d
+    from medlatent.vqvae3d.task import VQVAETask
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -180,8 +180,8 @@ def test_ddp_statistics_are_reduced_across_ranks(tmp_path) -> None:
     assert torch.allclose(got["codebook"], single.codebook, atol=1e-6)
     assert torch.allclose(got["cluster_size"], single.cluster_size, atol=1e-6)
 
-    from vqvae3d.model import VQVAE3d
-    from vqvae3d.task import codebook_statistics
+    from medlatent.vqvae3d.model import VQVAE3d
+    from medlatent.vqvae3d.task import codebook_statistics
 
     torch.manual_seed(1)
     model = VQVAE3d(channels=[8], embedding_dim=4, num_codes=16, num_res_units=1, kmeans_iters=0).eval()
