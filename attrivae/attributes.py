@@ -105,17 +105,11 @@ def fit_attribute_map(records: Mapping[str, Sequence[Mapping[str, Any]]], names:
         latent_dim: size of ``z``; must exceed the number of regularised attributes.
 
     Raises:
-        InputError: a regularised name not among ``names`` (key ``loss.regularized``), more
-            attributes than latent dims, no training records, or missing values (subjects named).
+        InputError: no training records, or missing values (subjects named).
     """
     names = list(names)
+    # the config check (attrivae.family.check) has made sure they are among names and fit latent_dim
     regularized = list(names if regularized is None else regularized)
-    unknown = [n for n in regularized if n not in names]
-    if unknown:
-        raise InputError(f"config key 'loss.regularized': {unknown} not among data.attributes {names}")
-    if len(regularized) > latent_dim:
-        raise InputError(f"config key 'net.latent_dim': {latent_dim} is fewer than the {len(regularized)} "
-                         "regularized attributes")
     train = list(records.get("train", []))
     if not train:
         raise InputError("the training split is empty; cannot fit the attribute scaler")

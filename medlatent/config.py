@@ -1,102 +1,113 @@
-"""Run configuration: YAML on top of defaults, ``--set key=value`` overrides, unknown keys rejected.
+"""Run configuration: YAML on top of defaults, ``--set key=value`` overrides, every key typed and checked once.
 
-A config is a plain nested dict. The common sections (``data``, ``train``) are defined
-here; each model family adds its own ``net`` and ``loss`` sections through the module
-named in ``FAMILIES`` (imported lazily so that the families never import each other).
+A config is a nested mapping of sections. Each layer declares the section it reads as a
+pydantic model: ``train`` here (the engine's), ``data`` in :mod:`medlatent.transforms.settings`,
+``net`` and ``loss`` in each model family. :func:`resolve` merges a YAML mapping and
+``--set`` overrides onto the sections' defaults, rejects unknown keys with the known ones
+listed, then validates every section, so a wrong type or range is an ``InputError`` naming
+the dotted key before anything is written. The validated config is handed on as a plain
+dict (``cfg["train"]["lr"]``), the same shape as ``RUN/config.yaml``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medlatent.errors import InputError
 
-# model name -> module that holds DEFAULTS (its ``net``/``loss`` sections and any
-# overrides of the common ones) and build functions.
-FAMILIES: dict[str, str] = {"vqvae3d": "medlatent.vqvae3d.family", "attrivae": "medlatent.attrivae.family"}
+__all__ = ["Section", "TrainSection", "SCHEDULES", "read_yaml", "read_yaml_file", "parse_overrides", "merge_into",
+           "section_defaults", "validate_sections", "dump_config", "FREE_FORM"]
 
-COMMON_DEFAULTS: dict[str, Any] = {
-    "model": None,
-    "data": {
-        # one of: a manifest CSV, a MedMNIST .npz, or an images glob (+ masks glob, tables)
-        "manifest": None,
-        "images": None,
-        "masks": None,
-        # multiply each image by its mask (> 0) before anything else: skull-stripping with a brain mask
-        "mask_image": False,
-        "tables": [],
-        "spatial_size": [64, 64, 48],
-        "spatial_fit": "resize",  # resize | pad_crop
-        "spacing": None,
-        "intensity": "percentile",
-        "foreground_crop": False,
-        "cache": "memory",
-        "cache_dir": None,
-        "split": {"val": 0.1, "test": 0.1, "seed": 0},
-        "augment": [],
-        "attributes": [],
-        "label": None,
-        "drop_missing": False,
-    },
-    "train": {
-        "epochs": 20,
-        "batch_size": 4,
-        "lr": 1.0e-3,
-        "weight_decay": 0.0,
-        "optimizer": "adam",
-        "schedule": "none",
-        "seed": 0,
-        "num_workers": 0,
-        "grad_clip": None,
-        "amp": True,
-        "best_metric": "val_loss",
-        "best_mode": "min",
-        "max_minutes": None,
-        "preview": True,
-    },
-}
-
-# keys whose values are free-form (lists of dicts, dicts of user-chosen names)
-_FREE_FORM = {"data.tables"}
+SCHEDULES = ("none", "cosine", "step")
 
 
-def family_module(model: str | None):
-    """The module of a model family, or an InputError listing the known ones."""
-    if model not in FAMILIES:
-        raise InputError(f"config key 'model': unknown model {model!r}; choose one of {sorted(FAMILIES)}")
-    return importlib.import_module(FAMILIES[model])
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are coerced only where YAML is ambiguous."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-def defaults_for(model: str) -> dict[str, Any]:
-    """The full default config of a model family."""
-    merged = copy.deepcopy(COMMON_DEFAULTS)
-    merge_into(merged, copy.deepcopy(family_module(model).DEFAULTS), prefix="", strict=False)
-    merged["model"] = model
-    return merged
+class TrainSection(Section):
+    """``train``: what the engine (:func:`medlatent.engine.fit`) reads."""
+
+    epochs: int = Field(20, ge=1, description="epochs to train (a budget may stop earlier)")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1.0e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal[SCHEDULES] = "none"  # type: ignore[valid-type]
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    amp: bool = True
+    best_metric: str = "val_loss"
+    best_mode: Literal["min", "max"] = "min"
+    max_minutes: float | None = Field(None, gt=0, description="training-time budget over all of a run's invocations")
+    preview: bool = True
 
 
-def merge_into(base: dict, update: dict, prefix: str = "", strict: bool = True, source: str = "config") -> None:
+# sections whose dict-valued keys are replaced whole rather than merged key by key
+FREE_FORM = {"data.tables"}
+
+
+def section_defaults(sections: Mapping[str, type[Section]]) -> dict[str, Any]:
+    """``{name: defaults of that section}`` as plain data."""
+    return {name: model().model_dump(mode="json") for name, model in sections.items()}
+
+
+def merge_into(base: dict, update: Mapping, prefix: str = "", strict: bool = True, source: str = "config") -> None:
     """Merge ``update`` into ``base`` in place, section by section.
 
     With ``strict``, a key that ``base`` does not have is an InputError naming the dotted key,
-    ``source`` (the file or ``--set``) and the keys known at that level. Sections listed as free
-    form are replaced whole rather than merged.
+    ``source`` (the file or ``--set``) and the keys known at that level. A section given as
+    something other than a mapping (``--set data=5``) is an InputError too. Keys in
+    :data:`FREE_FORM` are replaced whole.
     """
+    if not isinstance(update, Mapping):
+        where = prefix.rstrip(".") or "the top level"
+        raise InputError(f"{source}: '{where}' must be a mapping of keys, got {update!r}")
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if strict and key not in base:
             known = ", ".join(sorted(f"{prefix}{k}" for k in base))
             raise InputError(f"{source}: unknown key '{dotted}' (known here: {known})")
-        if isinstance(base.get(key), dict) and isinstance(value, dict) and dotted not in _FREE_FORM:
+        if isinstance(base.get(key), dict) and dotted not in FREE_FORM:
+            if not isinstance(value, Mapping):
+                raise InputError(f"{source}: '{dotted}' is a section and must be a mapping of keys, got {value!r}")
             merge_into(base[key], value, prefix=f"{dotted}.", strict=strict, source=source)
         else:
             base[key] = value
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    return f"'{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_sections(cfg: Mapping[str, Any], sections: Mapping[str, type[Section]],
+                      source: str = "config") -> dict[str, Any]:
+    """Validate each named section of ``cfg``; returns ``cfg`` with every section coerced to its type.
+
+    Raises:
+        InputError: naming ``source`` and every offending dotted key with what was wrong.
+    """
+    out = dict(cfg)
+    problems: list[str] = []
+    for name, model in sections.items():
+        try:
+            out[name] = model.model_validate(cfg.get(name, {})).model_dump(mode="json")
+        except ValidationError as err:
+            problems.extend(_describe({**e, "loc": (name, *e["loc"])}) for e in err.errors())
+    if problems:
+        raise InputError(f"{source}: bad config value(s): " + "; ".join(problems))
+    return out
 
 
 class _Loader(yaml.SafeLoader):
@@ -119,6 +130,20 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def read_yaml_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; InputError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        raw = read_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["train.lr=1e-4", "data.augment=[flip]"]`` -> nested dict; values parsed as YAML."""
     nested: dict[str, Any] = {}
@@ -133,48 +158,14 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set {key}: '{part}' was already set to a value, not a section")
+            node = child
         node[parts[-1]] = value
     return nested
 
 
-def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config") -> dict[str, Any]:
-    """Defaults of the family named in ``raw['model']``, updated by ``raw`` then ``overrides``."""
-    if not isinstance(raw, dict):
-        raise InputError(f"{source}: expected a mapping at the top level")
-    model = (overrides or {}).get("model", raw.get("model"))
-    cfg = defaults_for(model)
-    merge_into(cfg, raw, prefix="", strict=True, source=source)
-    if overrides:
-        merge_into(cfg, overrides, prefix="", strict=True, source="--set")
-    _absolutize_paths(cfg)
-    return cfg
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply ``--set`` overrides, and return the resolved dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file not found: {path}")
-    try:
-        raw = read_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from None
-    return resolve(raw, parse_overrides(overrides), source=str(path))
-
-
-def _absolutize_paths(cfg: dict[str, Any]) -> None:
-    """Relative data paths are taken from the working directory and stored absolute,
-    so that RUN/config.yaml rebuilds the run from anywhere."""
-    data = cfg["data"]
-    for key in ("manifest", "images", "masks", "cache_dir"):
-        if data.get(key):
-            data[key] = str(Path(data[key]).expanduser().absolute())
-    for table in data.get("tables") or []:
-        if isinstance(table, dict) and table.get("path"):
-            table["path"] = str(Path(table["path"]).expanduser().absolute())
-
-
-def dump_config(cfg: dict[str, Any]) -> str:
+def dump_config(cfg: Mapping[str, Any]) -> str:
     """YAML text of a resolved config."""
-    return yaml.safe_dump(cfg, sort_keys=False)
+    return yaml.safe_dump(copy.deepcopy(dict(cfg)), sort_keys=False)

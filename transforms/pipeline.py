@@ -47,12 +47,9 @@ from monai.transforms import (
 )
 
 from medlatent.errors import InputError
+from medlatent.transforms.settings import CACHE_MODES, INTENSITY_MODES, SPATIAL_FITS
 from medlatent.transforms.sitk_reader import SimpleITKReader
 
-INTENSITY_MODES = ("percentile", "minmax", "zscore", "none")
-SPATIAL_FITS = ("resize", "pad_crop")
-AUGMENTATIONS = ("flip", "affine", "rigid", "bias_field", "noise")
-CACHE_MODES = ("memory", "disk", "none")
 # bump when the deterministic pipeline changes, so disk caches of an older version are not reused
 PIPELINE_VERSION = 2
 
@@ -105,13 +102,6 @@ class LoadVolumed(MapTransform):
         return d
 
 
-def _spatial_size(data_cfg: Mapping[str, Any]) -> list[int]:
-    size = data_cfg.get("spatial_size")
-    if size is None or len(size) != 3 or any(int(s) <= 0 for s in size):
-        raise InputError(f"config key 'data.spatial_size': expected three positive integers, got {size!r}")
-    return [int(s) for s in size]
-
-
 def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "mask")) -> Compose:
     """The deterministic part of the pipeline, configured by the ``data`` section.
 
@@ -157,20 +147,20 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
         steps.append(ScaleIntensityd("image", minv=0.0, maxv=1.0))
     elif intensity == "zscore":
         steps.append(NormalizeIntensityd("image", nonzero=True))
-    elif intensity != "none":
-        raise InputError(f"config key 'data.intensity': unknown {intensity!r}; choose one of {INTENSITY_MODES}")
+    elif intensity != "none":  # the data section's schema (transforms/settings.py) admits no other
+        raise ValueError(f"data.intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
     if data_cfg.get("foreground_crop"):
         # no coordinate keys: items must carry only the documented keys so they collate
         steps.append(CropForegroundd(keys, source_key="image", select_fn=_is_nonzero, margin=2, allow_smaller=True,
                                      start_coord_key=None, end_coord_key=None, allow_missing_keys=True))
-    size = _spatial_size(data_cfg)
+    size = [int(s) for s in data_cfg["spatial_size"]]
     fit = data_cfg.get("spatial_fit", "resize")
     if fit == "resize":
         steps.append(Resized(keys, spatial_size=size, mode=modes_tri, allow_missing_keys=True))
     elif fit == "pad_crop":
         steps.append(ResizeWithPadOrCropd(keys, spatial_size=size, allow_missing_keys=True))
     else:
-        raise InputError(f"config key 'data.spatial_fit': unknown {fit!r}; choose one of {SPATIAL_FITS}")
+        raise ValueError(f"data.spatial_fit must be one of {SPATIAL_FITS}, got {fit!r}")
     # EnsureTyped, not ToTensord: ToTensord is invertible and would add "<key>_transforms" entries to items
     steps.append(EnsureTyped(["label", "attrs"], data_type="tensor", track_meta=False, allow_missing_keys=True))
     return Compose(steps)
@@ -209,8 +199,7 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
         elif name == "noise":
             steps.append(RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.05))
         else:
-            raise InputError(f"config key 'data.augment': unknown augmentation {name!r}; "
-                             f"choose from {list(AUGMENTATIONS)}")
+            raise ValueError(f"data.augment: unknown augmentation {name!r}")
     return Compose(steps) if steps else None
 
 
@@ -269,7 +258,7 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
         return PersistentDataset(data, transform, cache_dir=folder, track_meta=True, weights_only=False)
     if mode == "none":
         return Dataset(data, transform)
-    raise InputError(f"config key 'data.cache': unknown {mode!r}; choose one of {CACHE_MODES}")
+    raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
 
 
 def load_volume(path: str | Path, data_cfg: Mapping[str, Any], mask: str | Path | None = None) -> dict[str, Any]:
@@ -331,7 +320,8 @@ def iter_manifest_volumes(manifest: str | Path, data_cfg: Mapping[str, Any]) -> 
         try:
             item = load_volume(row["image"], data_cfg, mask=row.get("mask"))
         except InputError as err:
-            raise InputError(f"{manifest}: data row {i + 1} (subject {row['subject']}): {err}") from None
+            # header = row 1, as a spreadsheet and `medlatent data check` count them
+            raise InputError(f"{manifest}: row {i + 2} (subject {row['subject']}): {err}") from None
         yield row, item
 
 

@@ -1,226 +1,187 @@
-"""The VQ-VAE family's entry points: config defaults, task building and the run-based commands.
+"""The VQ-VAE family: its config sections, how a run's network and task are built, and its hooks.
 
-``medlatent.cli`` looks the ``cmd_*`` functions up by the run's ``model`` (docs/architecture.md).
-Everything here works on paths at the edge and hands tensors to ``model``/``task``/``features``.
+The command layer reaches the family only through :data:`FAMILY` (docs/architecture.md,
+"The family contract"); the math lives in ``model``, ``quantizer``, ``task`` and ``features``,
+the priors in ``prior``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import pandas as pd
+import numpy as np
 import torch
+from pydantic import Field, field_validator
+from torch import nn
 
-from medlatent import distributed as dist_utils
+from medlatent.config import Section
 from medlatent.errors import InputError
-from medlatent.io import write_text_atomic
-from medlatent.runs import checkpoint_path, load_checkpoint, load_run_config, write_json
+from medlatent.family import Family
+from medlatent.vqvae3d.features import level_names, volume_features
 from medlatent.vqvae3d.model import VQVAE3d
 from medlatent.vqvae3d.task import VQVAETask
 
-__all__ = ["DEFAULTS", "build_model", "build_task", "load_model", "cmd_evaluate", "cmd_reconstruct",
-           "cmd_encode", "encode_features", "cmd_train_prior", "cmd_sample", "run_demo"]
+__all__ = ["FAMILY", "NetSection", "LossSection", "build_model", "grid_factor"]
 
-DEFAULTS: dict[str, Any] = {
-    "net": {
-        "levels": 1,                 # 1: flat VQ-VAE; 2: VQ-VAE-2 top (1/2^(k+1)) + bottom (1/2^k) grids
-        "downsample_log2": 2,        # k: the (bottom) code grid is 1/2^k of the input per axis
-        "space_to_depth": 2,         # lossless reshape before the encoder (CPU speed; 1 disables)
-        "channels": [64],            # encoder widths, one per stride-2 level: k - log2(space_to_depth) levels
-        "decoder_channels": None,    # default: channels reversed
-        "decoder_final_channels": None,  # width of the decoder's last, highest-resolution level (default: its last width)
-        "num_res_units": 2,
-        "res_channels": None,
-        "top_channels": None,        # two-level: width of the top encoder/decoder (default channels[-1])
-        "embedding_dim": 32,
-        "num_codes": 256,            # one int, or [top, bottom] for two levels
-        "norm": "none",
-        "channels_last": True,
-        "quantizer": {"decay": 0.99, "dead_threshold": 1.0, "kmeans_iters": 10, "eps": 1.0e-5},
-    },
-    "loss": {"recon": "mse", "commitment": 0.25},
-    "train": {"best_metric": "val_ssim", "best_mode": "max"},
-}
+NORMS = ("none", "batch", "instance", "group")
 
-# --- model and task ----------------------------------------------------------------------
 
-def build_model(cfg: dict[str, Any]) -> VQVAE3d:
-    """The ``VQVAE3d`` the ``net`` and ``loss`` sections describe (InputError naming the key if not)."""
-    net, loss = cfg["net"], cfg["loss"]
+class QuantizerSection(Section):
+    """``net.quantizer``: the EMA codebook (see ``EMAQuantizer``)."""
+
+    decay: float = Field(0.99, gt=0, lt=1)
+    dead_threshold: float = Field(1.0, ge=0)
+    kmeans_iters: int = Field(10, ge=0)
+    eps: float = Field(1.0e-5, gt=0)
+
+
+class NetSection(Section):
+    """``net`` of a VQ-VAE run."""
+
+    levels: Literal[1, 2] = 1              # 1: flat VQ-VAE; 2: VQ-VAE-2 top (1/2^(k+1)) + bottom (1/2^k) grids
+    downsample_log2: int = Field(2, ge=1)  # k: the (bottom) code grid is 1/2^k of the input per axis
+    space_to_depth: int = Field(2, ge=1)   # lossless reshape before the encoder (CPU speed; 1 disables)
+    channels: list[int] = Field([64], min_length=1)  # encoder widths, one per stride-2 level (or one for all)
+    decoder_channels: list[int] | None = None         # default: channels reversed
+    decoder_final_channels: int | None = Field(None, ge=1)  # width of the decoder's last level
+    num_res_units: int = Field(2, ge=0)
+    res_channels: int | None = Field(None, ge=1)
+    top_channels: int | None = Field(None, ge=1)       # two-level: width of the top encoder/decoder
+    embedding_dim: int = Field(32, ge=1)
+    num_codes: int | list[int] = 256                  # one int, or [top, bottom] for two levels
+    norm: Literal[NORMS] = "none"  # type: ignore[valid-type]
+    channels_last: bool = True
+    quantizer: QuantizerSection = QuantizerSection()
+
+    @field_validator("space_to_depth")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two")
+        return value
+
+    @field_validator("channels", "decoder_channels", "num_codes")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        values = [value] if isinstance(value, int) else value or []
+        if any(v < 1 for v in values):
+            raise ValueError("every entry must be a positive integer")
+        return value
+
+
+class LossSection(Section):
+    """``loss`` of a VQ-VAE run."""
+
+    recon: Literal["mse", "l1"] = "mse"
+    commitment: float = Field(0.25, ge=0)
+
+
+def _strided_channels(net: Mapping[str, Any]) -> list[int]:
+    """The encoder width of each stride-2 level; InputError naming the key when they do not fit."""
     s2d = int(net["space_to_depth"])
-    if s2d < 1 or s2d & (s2d - 1):
-        raise InputError(f"config key 'net.space_to_depth': must be a power of two, got {s2d}")
     strided = int(net["downsample_log2"]) - int(math.log2(s2d))
     if strided < 1:
         raise InputError(f"config key 'net.downsample_log2': {net['downsample_log2']} leaves no strided level "
                          f"after net.space_to_depth={s2d}; use a larger k or a smaller space_to_depth")
-    channels = list(net["channels"] or [])
+    channels = list(net["channels"])
     if len(channels) == 1:
         channels = channels * strided  # one width for every level
     if len(channels) != strided:
         raise InputError(f"config key 'net.channels': needs {strided} width(s) for downsample_log2="
                          f"{net['downsample_log2']} and space_to_depth={s2d}, got {net['channels']}")
-    if loss["recon"] not in ("mse", "l1"):
-        raise InputError(f"config key 'loss.recon': must be mse or l1, got {loss['recon']!r}")
-    q = net["quantizer"]
-    try:
-        return VQVAE3d(
-            in_channels=1, channels=channels, embedding_dim=int(net["embedding_dim"]), num_codes=net["num_codes"],
-            num_res_units=int(net["num_res_units"]), res_channels=net["res_channels"],
-            decoder_channels=net["decoder_channels"], decoder_final_channels=net["decoder_final_channels"],
-            space_to_depth=s2d, levels=int(net["levels"]),
-            top_channels=net["top_channels"], norm=net["norm"], decay=float(q["decay"]),
-            commitment=float(loss["commitment"]), dead_threshold=float(q["dead_threshold"]),
-            kmeans_iters=int(q["kmeans_iters"]), eps=float(q["eps"]), channels_last=bool(net["channels_last"]))
-    except (ValueError, TypeError) as err:
-        raise InputError(f"config section 'net': {err}") from None
+    return channels
 
 
-def _check_spatial_size(cfg: dict[str, Any], model: VQVAE3d) -> None:
-    size = cfg["data"]["spatial_size"]
-    if any(int(s) % model.grid_factor for s in size):
-        raise InputError(f"config key 'data.spatial_size': {size} must be divisible by {model.grid_factor} "
-                         f"(the model's downsampling)")
+def grid_factor(net: Mapping[str, Any]) -> int:
+    """How many input voxels per axis one code of the coarsest grid covers."""
+    return 2 ** int(net["downsample_log2"]) * (2 if int(net["levels"]) == 2 else 1)
 
 
-def _data_range(cfg: dict[str, Any]) -> float | None:
-    # percentile scaling maps intensities to [0, 1]; otherwise PSNR/SSIM use each batch's range
+def check(cfg: dict[str, Any]) -> None:
+    """Cross-section checks: the widths fit the levels, the codebooks the levels, the size the grid."""
+    net = cfg["net"]
+    _strided_channels(net)
+    codes = net["num_codes"]
+    if isinstance(codes, list) and len(codes) != int(net["levels"]):
+        raise InputError(f"config key 'net.num_codes': needs one entry per level ({net['levels']}), got {codes}")
+    size, factor = cfg["data"]["spatial_size"], grid_factor(net)
+    if any(int(s) % factor for s in size):
+        raise InputError(f"config key 'data.spatial_size': {size} must be divisible by {factor} "
+                         f"(the model's downsampling: net.downsample_log2, net.levels)")
+
+
+def build_model(cfg: Mapping[str, Any]) -> VQVAE3d:
+    """The ``VQVAE3d`` the validated ``net`` and ``loss`` sections describe."""
+    net, loss, q = cfg["net"], cfg["loss"], cfg["net"]["quantizer"]
+    return VQVAE3d(
+        in_channels=1, channels=_strided_channels(net), embedding_dim=int(net["embedding_dim"]),
+        num_codes=net["num_codes"], num_res_units=int(net["num_res_units"]), res_channels=net["res_channels"],
+        decoder_channels=net["decoder_channels"], decoder_final_channels=net["decoder_final_channels"],
+        space_to_depth=int(net["space_to_depth"]), levels=int(net["levels"]), top_channels=net["top_channels"],
+        norm=net["norm"], decay=float(q["decay"]), commitment=float(loss["commitment"]),
+        dead_threshold=float(q["dead_threshold"]), kmeans_iters=int(q["kmeans_iters"]), eps=float(q["eps"]),
+        channels_last=bool(net["channels_last"]))
+
+
+def data_range(cfg: Mapping[str, Any]) -> float | None:
+    """Intensity range for PSNR/SSIM: 1 after percentile scaling to [0, 1], else each volume's own."""
     return 1.0 if cfg["data"]["intensity"] == "percentile" else None
 
 
-def build_task(cfg: dict[str, Any], info: Any, run_dir: Path, records: dict[str, list]) -> VQVAETask:
-    """The training task of a VQ-VAE run (``info`` and ``records`` are not needed by this family)."""
-    model = build_model(cfg)
-    _check_spatial_size(cfg, model)
-    return VQVAETask(model, recon=cfg["loss"]["recon"], data_range=_data_range(cfg))
+def _task(cfg: Mapping[str, Any], model: VQVAE3d) -> VQVAETask:
+    return VQVAETask(model, recon=cfg["loss"]["recon"], data_range=data_range(cfg))
 
 
-def load_model(run: str | Path, which: str = "best") -> tuple[VQVAE3d, dict[str, Any]]:
-    """A trained run's model in eval mode (on the CPU) and its resolved config.
-
-    Raises:
-        InputError: ``run`` is not a run directory or holds no checkpoint (names the path).
-    """
-    cfg = load_run_config(run)
-    state = load_checkpoint(checkpoint_path(run, which))
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as err:
-        raise InputError(f"{run}: checkpoint does not match the run's config: {err}") from None
-    return model.eval(), cfg
+def build_task(cfg: dict[str, Any], info: Any, run_dir: Path, records: Mapping[str, Sequence]) -> VQVAETask:
+    """The training task of a VQ-VAE run (this family needs neither ``info`` nor ``records``)."""
+    return _task(cfg, build_model(cfg))
 
 
-# --- commands ------------------------------------------------------------------------------
+def build_network(run_dir: Path, cfg: dict[str, Any]) -> VQVAE3d:
+    return build_model(cfg)
 
-def cmd_evaluate(run: Path, split: str = "test", prior: bool = False) -> dict[str, float]:
-    """Write ``RUN/eval/metrics.json`` and ``per_subject.csv`` for ``split`` (suffixed ``_val`` etc. for
-    other splits); with ``prior`` delegate to the generation module. Returns the metrics."""
-    if prior:
-        from medlatent.vqvae3d.generation import evaluate_prior
 
-        return evaluate_prior(run)
-    from medlatent.engine import make_loader, run_evaluation
-    from medlatent.train import cache_dir_for
-    from medlatent.transforms.pipeline import make_dataset
-    from medlatent.transforms.records import load_split_records
+@torch.no_grad()
+def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, D, H, W]`` -> the decoded quantized codes, same shape."""
+    return model(x)[0]
 
-    model, cfg = load_model(run)
-    records, _ = load_split_records(cfg["data"])
-    if not records.get(split):
-        raise InputError(f"{run}: the '{split}' split of {cfg['data'].get('manifest') or cfg['data'].get('images')} "
-                         f"is empty")
-    dataset = make_dataset(records[split], cfg["data"], train=False, cache_dir=cache_dir_for(cfg, Path(run)))
-    device = dist_utils.pick_device()
-    model.to(device)
-    loader = make_loader(dataset, int(cfg["train"]["batch_size"]), int(cfg["train"]["num_workers"]))
-    task = VQVAETask(model, recon=cfg["loss"]["recon"], data_range=_data_range(cfg))
-    means, rows = run_evaluation(task, model, loader, device)
-    keys = ["ssim", "psnr", "mae", "mse", "perplexity", "codes_used_frac"]
-    metrics: dict[str, Any] = {k: means[k] for k in keys}
+
+def features(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Pooled pre/post-quantization features and code usage; arrays: the code grid(s) as int16/int32."""
+    columns, grids = volume_features(model, x)
+    dtype = np.int16 if max(model.num_codes) < 2**15 else np.int32
+    suffixes = [""] if model.levels == 1 else [f"_{name}" for name in level_names(model)]
+    return columns, {suffix: grid.astype(dtype) for suffix, grid in zip(suffixes, grids)}
+
+
+def evaluation_task(run_dir: Path, cfg: dict[str, Any], model: nn.Module, records: Sequence[Mapping]) -> VQVAETask:
+    return _task(cfg, model)
+
+
+SUMMARY_KEYS = ("ssim", "psnr", "mae", "mse", "perplexity", "codes_used_frac")
+
+
+def summarize(task: Any, means: dict[str, float], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reconstruction figures and codebook usage first, then every other per-volume mean."""
+    metrics: dict[str, Any] = {k: means[k] for k in SUMMARY_KEYS if k in means}
     metrics.update({k: v for k, v in means.items() if k not in metrics})
-    metrics.update({"n": len(rows), "split": split})
-    suffix = "" if split == "test" else f"_{split}"
-    write_json(Path(run) / "eval" / f"metrics{suffix}.json", metrics)
-    write_text_atomic(Path(run) / "eval" / f"per_subject{suffix}.csv", pd.DataFrame(rows).to_csv(index=False))
-    print(f"{split}: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in keys) + f" (n={len(rows)})")
     return metrics
 
 
-def cmd_reconstruct(run: Path, input: Path, output: Path, mask: Path | None = None) -> Path:
-    """Reconstruct ``input`` and write it to ``output`` (NIfTI) on the input file's grid and affine.
-
-    Intensities stay in model units (e.g. [0, 1] after percentile scaling). ``mask``: the
-    scan's mask, needed when the run was trained with ``data.mask_image``.
-    """
-    from medlatent.nifti import write_nifti
-    from medlatent.transforms.pipeline import load_volume, to_input_geometry
-
-    if not str(output).endswith((".nii", ".nii.gz")):
-        raise InputError(f"{output}: the output must be a .nii or .nii.gz file")
-    model, cfg = load_model(run)
-    item = load_volume(input, cfg["data"], mask=mask)
-    with torch.no_grad():
-        reconstruction, _, _ = model(item["image"].as_tensor()[None])
-    volume = to_input_geometry(reconstruction[0], item, cfg["data"])
-    write_nifti(volume, output)
-    print(f"wrote {output} ({tuple(volume.shape[1:])})")
-    return Path(output)
-
-
-def encode_features(run: Path, manifest: Path, codes_dir: Path | None = None) -> pd.DataFrame:
-    """One row per manifest subject: ``subject``, pooled features and code-usage summary.
-
-    See ``vqvae3d.features.volume_features`` for the columns. With ``codes_dir``, each
-    subject's code grid(s) are saved there as ``.npy``.
-    """
-    from medlatent.vqvae3d.features import encode_manifest
-
-    model, cfg = load_model(run)
-    return encode_manifest(model, cfg["data"], manifest, codes_dir)
-
-
-def cmd_encode(run: Path, manifest: Path, out: Path, codes_dir: Path | None = None) -> pd.DataFrame:
-    """Write ``encode_features`` to ``out`` (CSV)."""
-    frame = encode_features(run, manifest, codes_dir)
-    write_text_atomic(out, frame.to_csv(index=False))
-    print(f"wrote {out}: {len(frame)} subjects x {frame.shape[1] - 1} features")
-    return frame
-
-
-def cmd_train_prior(run: Path, prior: str = "transformer", overrides: list[str] | None = None,
-                    resume: bool = False) -> Any:
-    """Train an autoregressive prior over the run's codes (``vqvae3d.generation``)."""
-    from medlatent.vqvae3d.generation import train_prior
-
-    return train_prior(run, prior=prior, overrides=overrides, resume=resume)
-
-
-def cmd_sample(run: Path, n: int = 8, label: str | None = None, temperature: float = 1.0, top_k: int | None = None,
-               seed: int = 0, out: Path | None = None) -> Any:
-    """Sample volumes from the run's prior (``vqvae3d.generation``)."""
-    from medlatent.vqvae3d.generation import sample
-
-    return sample(run, n=n, label=label, temperature=temperature, top_k=top_k, seed=seed, out=out)
-
-
-# --- demo ------------------------------------------------------------------------------------
-
-def run_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
-    """Train, evaluate and reconstruct the VQ-VAE on the phantoms (``cfg`` from configs/vqvae3d_demo.yaml)."""
-    from medlatent.train import train
-    from medlatent.transforms.manifest import read_manifest
-
-    run = Path(workdir) / "run"
-    resume = (run / "checkpoints" / "last.pt").is_file()
-    train(cfg, run, resume=resume)
-    metrics = cmd_evaluate(run, split="test")
-    first = read_manifest(manifest).iloc[0]
-    recon = Path(workdir) / "reconstruction.nii.gz"
-    cmd_reconstruct(run, Path(first["image"]), recon)
-    return [f"VQ-VAE run: {run} (curves and reconstruction grids in {run / 'figures'})",
-            f"VQ-VAE test SSIM {metrics['ssim']:.3f}, PSNR {metrics['psnr']:.1f}, codes used "
-            f"{metrics['codes_used_frac']:.0%}: {run / 'eval' / 'metrics.json'}",
-            f"VQ-VAE reconstruction of {first['subject']}: {recon} (overlays {first['image']})"]
+FAMILY = Family(
+    name="vqvae3d",
+    sections={"net": NetSection, "loss": LossSection},
+    overrides={"train": {"best_metric": "val_ssim", "best_mode": "max"}},
+    check=check,
+    build_task=build_task,
+    build_network=build_network,
+    reconstruct=reconstruct,
+    features=features,
+    evaluation_task=evaluation_task,
+    summarize=summarize,
+    commands=("evaluate", "evaluate --prior", "reconstruct", "encode", "train-prior", "sample"),
+)

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-import pandas as pd
 import torch
 
-from medlatent.io import atomic_path, child_path
 from medlatent.vqvae3d.model import VQVAE3d
 from medlatent.vqvae3d.quantizer import perplexity
 
-__all__ = ["volume_features", "encode_manifest"]
+__all__ = ["volume_features", "level_names"]
 
 
-def _level_names(model: VQVAE3d) -> list[str]:
+def level_names(model: VQVAE3d) -> list[str]:
+    """The names of the code grids, top first: ``["z"]`` or ``["top", "bottom"]``."""
     return ["z"] if model.levels == 1 else ["top", "bottom"]
 
 
@@ -39,7 +34,7 @@ def volume_features(model: VQVAE3d, x: torch.Tensor) -> tuple[dict[str, float], 
     features: dict[str, float] = {}
     grids: list[np.ndarray] = []
     pre = model.encode(x)
-    for name, z, vq in zip(_level_names(model), pre, model.quantizers):
+    for name, z, vq in zip(level_names(model), pre, model.quantizers):
         q, idx = vq.codes_for(z)
         for prefix, tensor in (("pre", z), ("post", q)):
             pooled = tensor.float().mean(dim=(2, 3, 4))[0]  # [E]
@@ -50,28 +45,3 @@ def volume_features(model: VQVAE3d, x: torch.Tensor) -> tuple[dict[str, float], 
         features[f"codes_{name}_top_frac"] = float(counts.max() / counts.sum())
         grids.append(idx[0].cpu().numpy())
     return features, grids
-
-
-def encode_manifest(model: VQVAE3d, data_cfg: Mapping[str, Any], manifest: str | Path,
-                    codes_dir: str | Path | None = None) -> pd.DataFrame:
-    """``volume_features`` of every manifest row as a DataFrame (``subject`` first).
-
-    With ``codes_dir``, writes ``SUBJECT.npy`` (flat) or ``SUBJECT_top.npy`` and
-    ``SUBJECT_bottom.npy`` (two levels), int16 code grids.
-
-    Raises:
-        InputError: the manifest is unreadable, or a row's image is missing or not a 3D
-            volume (names the manifest, row and file).
-    """
-    from medlatent.transforms.pipeline import iter_manifest_volumes
-
-    rows = []
-    for row, item in iter_manifest_volumes(manifest, data_cfg):
-        features, grids = volume_features(model, item["image"].as_tensor()[None])
-        rows.append({"subject": row["subject"], **features})
-        if codes_dir is not None:
-            suffixes = [""] if model.levels == 1 else ["_top", "_bottom"]
-            for suffix, grid in zip(suffixes, grids):
-                with atomic_path(child_path(codes_dir, row["subject"], f"{suffix}.npy"), suffix=".npy") as tmp:
-                    np.save(tmp, grid.astype(np.int16 if max(model.num_codes) < 2**15 else np.int32))
-    return pd.DataFrame(rows)

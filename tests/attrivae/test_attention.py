@@ -1,20 +1,14 @@
 import copy
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
 
 from medlatent.attrivae.attention import default_layer, grad_cam, randomized_copy, resolve_layer
-from medlatent.attrivae.family import cmd_attention, load_run
 from medlatent.attrivae.model import AttriVAE
 from medlatent.attrivae.task import plain
-from medlatent.cli import main
 from medlatent.errors import InputError
-
-from .conftest import CT_PITCH, IXI_T1
 
 
 def test_default_layer_is_last_with_four_voxels_per_axis():
@@ -57,7 +51,9 @@ def lesion_subjects(trained_run):
     from medlatent.transforms.pipeline import make_dataset
     from medlatent.transforms.records import load_split_records
 
-    state = load_run(trained_run)
+    from medlatent.commands.runs import load_run
+
+    state = load_run(trained_run, "attention")
     records, _ = load_split_records(state.cfg["data"])
     positives = [r for split in records.values() for r in split if r["label"] == 1]
     dataset = make_dataset(positives, {**state.cfg["data"], "cache": "none"}, train=False)
@@ -91,51 +87,3 @@ def test_randomized_model_gives_different_maps(lesion_subjects):
     rho = float(np.nanmean(rhos))
     print(f"Spearman(trained, randomized) = {rho:.3f}")
     assert rho < 0.5
-
-
-@pytest.mark.parametrize("scan", [IXI_T1, CT_PITCH], ids=["ixi_PSR", "ct_oblique"])
-@pytest.mark.parametrize("target", [{"use_class": True}, {"attribute": "wall_thickness_mm"}], ids=["class", "attribute"])
-def test_attention_nifti_overlays_the_scan(trained_run, tmp_path, scan, target):
-    if not scan.is_file():
-        pytest.fail(f"real data missing: {scan}")
-    out = cmd_attention(trained_run, scan, out=tmp_path, **target)
-    name = "class" if "use_class" in target else target["attribute"]
-    result = nib.load(out / f"attention_{name}.nii.gz")
-    reference = nib.load(scan)
-    assert result.shape == reference.shape
-    assert np.allclose(result.affine, reference.affine, atol=1e-4)
-    data = result.get_fdata()
-    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1 and data.max() > 0
-    assert (out / f"attention_{name}.png").stat().st_size > 0
-
-
-def test_manifest_mode_writes_a_folder_per_subject_and_an_index(trained_run, phantom_manifest, tmp_path):
-    frame = pd.read_csv(phantom_manifest).head(3)
-    frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
-    frame["subject"] = ["a/../../escape", "b", "c"]  # IDs never leave the output folder
-    small = tmp_path / "m.csv"
-    frame.drop(columns=["mask"]).to_csv(small, index=False)
-    out = cmd_attention(trained_run, manifest=small, use_class=True, out=tmp_path / "att")
-    index = pd.read_csv(out / "index.csv")
-    assert len(index) == 3
-    for nifti in index["nifti"]:
-        assert (tmp_path / "att") in __import__("pathlib").Path(nifti).resolve().parents
-        assert nib.load(nifti).shape == (32, 32, 32)
-
-
-def test_negative_evidence_export_is_named_and_indexed(trained_run, phantom_manifest, tmp_path):
-    frame = pd.read_csv(phantom_manifest).head(2)
-    frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
-    small = tmp_path / "m.csv"
-    frame.drop(columns=["mask"]).to_csv(small, index=False)
-    out = tmp_path / "att"
-    assert main(["attention", str(trained_run), "--manifest", str(small), "--attribute", "wall_thickness_mm",
-                 "--evidence", "negative", "-o", str(out)]) == 0
-    index = pd.read_csv(out / "index.csv")
-    assert list(index["evidence"]) == ["negative", "negative"]
-    for nifti, png in zip(index["nifti"], index["png"]):
-        assert nifti.endswith("attention_wall_thickness_mm_negative.nii.gz") and png.endswith("_negative.png")
-        data = nib.load(nifti).get_fdata()
-        assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
-    with pytest.raises(InputError, match="--evidence must be one of positive, negative"):
-        cmd_attention(trained_run, manifest=small, use_class=True, out=tmp_path / "bad", evidence="both")

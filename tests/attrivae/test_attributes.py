@@ -36,11 +36,3 @@ def test_dim_of_lists_what_is_regularized():
         amap.dim_of("a")
     with pytest.raises(InputError, match="unknown attribute 'zz'.*: b"):
         amap.dim_of("zz")
-
-
-def test_rejects_unknown_regularized_name_and_too_small_latent():
-    records = _records({"train": [[0, 1], [1, 2]]})
-    with pytest.raises(InputError, match="loss.regularized"):
-        fit_attribute_map(records, ["a", "b"], ["c"], latent_dim=4)
-    with pytest.raises(InputError, match="latent_dim"):
-        fit_attribute_map(records, ["a", "b"], None, latent_dim=1)

@@ -1,12 +1,10 @@
-"""Config loading: defaults, --set overrides, unknown keys named, paths made absolute."""
+"""medlatent.config: --set overrides, strict merging, typed sections that name the bad key."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from medlatent.config import COMMON_DEFAULTS, load_config, merge_into, parse_overrides
+from medlatent.config import TrainSection, merge_into, parse_overrides, section_defaults, validate_sections
 from medlatent.errors import InputError
 
 
@@ -21,45 +19,34 @@ def test_override_without_equals_is_an_input_error():
 
 
 def test_strict_merge_names_the_unknown_key():
-    base = {"train": dict(COMMON_DEFAULTS["train"])}
+    base = section_defaults({"train": TrainSection})
     with pytest.raises(InputError, match="train.learning_rate"):
         merge_into(base, {"train": {"learning_rate": 1}}, prefix="", strict=True)
 
 
-def test_load_config_applies_yaml_then_overrides_and_absolutizes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "c.yaml"
-    path.write_text("model: vqvae3d\ndata:\n  manifest: data/m.csv\ntrain:\n  epochs: 7\n")
-    cfg = load_config(path, ["train.batch_size=2"])
-    assert cfg["train"]["epochs"] == 7 and cfg["train"]["batch_size"] == 2
-    assert cfg["data"]["manifest"] == str(tmp_path / "data" / "m.csv")
-    assert cfg["train"]["lr"] == COMMON_DEFAULTS["train"]["lr"]
+def test_a_section_given_as_a_value_is_refused():
+    base = section_defaults({"train": TrainSection})
+    with pytest.raises(InputError, match="'train' is a section and must be a mapping"):
+        merge_into(base, {"train": 5}, strict=True, source="--set")
 
 
-def test_unknown_model_lists_the_known_ones(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("model: gan\n")
-    with pytest.raises(InputError, match="vqvae3d"):
-        load_config(path)
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "abc", "valid integer"),
+    ("epochs", -1, "greater than or equal to 1"),
+    ("lr", -1, "greater than 0"),
+    ("batch_size", 0, "greater than or equal to 1"),
+    ("schedule", "linear", "'none', 'cosine' or 'step'"),
+    ("max_minutes", 0, "greater than 0"),
+])
+def test_train_section_names_the_key_and_what_is_wrong(key, value, message):
+    cfg = section_defaults({"train": TrainSection})
+    cfg["train"][key] = value
+    with pytest.raises(InputError, match=f"'train.{key}'") as caught:
+        validate_sections(cfg, {"train": TrainSection}, source="c.yaml")
+    assert message in str(caught.value) and "c.yaml" in str(caught.value)
 
 
-def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(InputError, match="nope.yaml"):
-        load_config(tmp_path / "nope.yaml")
-
-
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_shipped_configs_resolve_and_find_their_files(path, monkeypatch):
-    from medlatent.transforms.manifest import build_manifest
-
-    monkeypatch.chdir(path.parents[1])  # the configs' ../shared/data paths are relative to the repo root
-    cfg = load_config(path)
-    data = cfg["data"]
-    if data.get("images"):
-        frame = build_manifest(data["images"], data.get("masks"), data.get("tables") or [])
-        assert len(frame) > 0
-        if data.get("mask_image"):
-            assert frame["mask"].notna().all()  # skull-stripping needs every scan's mask
+def test_valid_values_are_coerced_to_their_types():
+    cfg = validate_sections({"train": {"lr": 1, "epochs": 3.0}}, {"train": TrainSection})
+    assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["epochs"] == 3 and isinstance(cfg["train"]["epochs"], int)

@@ -6,14 +6,13 @@ Run as a script for the kill-and-resume test: ``python toy_training.py RUN [--re
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
 from torch import nn
 
 from medlatent.blocks import Decoder3d, Encoder3d
-from medlatent.config import COMMON_DEFAULTS
+from medlatent.config import TrainSection, section_defaults
 from medlatent.engine import Task, fit, seed_everything
 from medlatent.metrics import reconstruction_metrics
 
@@ -65,7 +64,7 @@ def toy_dataset(n: int, seed: int) -> list[dict]:
 
 
 def toy_config(epochs: int = 3, **train) -> dict:
-    cfg = copy.deepcopy(COMMON_DEFAULTS)
+    cfg = section_defaults({"train": TrainSection})  # the engine reads the train section only
     cfg["train"].update(epochs=epochs, batch_size=4, lr=3e-3, best_metric="val_ssim", best_mode="max")
     cfg["train"].update(train)
     return cfg

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medlatent.cli import main
+from medlatent.commands.cli import main
 
 
 def _listing(folder: Path) -> list[str]:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medlatent.cli import main
-from medlatent.config import resolve
-from medlatent.train import train
+from medlatent.commands.cli import main
+from medlatent.commands.registry import resolve
+from medlatent.commands.train import train
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 IXI_PSR = DATA / "ixi_t1_2mm" / "T1" / "IXI012-HH-1211_T1.nii.gz"

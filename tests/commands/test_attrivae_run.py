@@ -1,3 +1,5 @@
+"""Run-based commands on an Attri-VAE run: evaluate, encode, reconstruct, masked inputs, bad input."""
+
 import json
 
 import nibabel as nib
@@ -5,12 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medlatent.attrivae import family
 from medlatent.attrivae.attributes import AttributeMap
-from medlatent.cli import main
-from medlatent.errors import InputError
-
-from .conftest import IXI_T1
+from medlatent.commands.cli import main
 
 
 def test_run_saves_scaler_and_dim_map(trained_run):
@@ -47,13 +45,13 @@ def test_encode_writes_mu_per_subject(trained_run, phantom_manifest, tmp_path):
     assert abs(pd.Series(features["mu_0"].to_numpy()).corr(pd.Series(truth.to_numpy()), method="spearman")) > 0.5
 
 
-def test_reconstruct_keeps_the_input_geometry(trained_run, tmp_path):
-    assert main(["reconstruct", str(trained_run), str(IXI_T1), str(tmp_path / "r.nii.gz")]) == 0
-    out, ref = nib.load(tmp_path / "r.nii.gz"), nib.load(IXI_T1)
+def test_reconstruct_keeps_the_input_geometry(trained_run, tmp_path, ixi_t1):
+    assert main(["reconstruct", str(trained_run), str(ixi_t1), str(tmp_path / "r.nii.gz")]) == 0
+    out, ref = nib.load(tmp_path / "r.nii.gz"), nib.load(ixi_t1)
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
 
 
-def test_a_run_trained_on_masked_scans_needs_the_mask_of_each_input(trained_run, tmp_path, capsys):
+def test_a_run_trained_on_masked_scans_needs_the_mask_of_each_input(trained_run, tmp_path, capsys, ixi_t1, ixi_brain):
     # the same weights under a config that masks its images (data.mask_image): every scan-taking
     # command now needs the scan's mask, and the outputs still have the scan's own geometry
     import shutil
@@ -65,18 +63,18 @@ def test_a_run_trained_on_masked_scans_needs_the_mask_of_each_input(trained_run,
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["data"]["mask_image"] = True
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    brain = IXI_T1.parents[1] / "dlmuse_seg" / IXI_T1.name.replace("_T1.nii.gz", "_T1_DLMUSE.nii.gz")
-    attention = ["attention", str(run), str(IXI_T1), "--attribute", "cavity_volume_mm3", "-o", str(tmp_path / "a")]
+    brain = ixi_brain
+    attention = ["attention", str(run), str(ixi_t1), "--attribute", "cavity_volume_mm3", "-o", str(tmp_path / "a")]
     assert main(attention) == 2
     assert "trained on masked images" in capsys.readouterr().err
     assert main([*attention, "--mask", str(brain)]) == 0
-    out, ref = nib.load(tmp_path / "a" / "attention_cavity_volume_mm3.nii.gz"), nib.load(IXI_T1)
+    out, ref = nib.load(tmp_path / "a" / "attention_cavity_volume_mm3.nii.gz"), nib.load(ixi_t1)
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
-    assert main(["interpolate", str(run), str(IXI_T1), str(IXI_T1), "--steps", "2", "--mask-a", str(brain),
+    assert main(["interpolate", str(run), str(ixi_t1), str(ixi_t1), "--steps", "2", "--mask-a", str(brain),
                  "-o", str(tmp_path / "i")]) == 2
     assert "trained on masked images" in capsys.readouterr().err
     manifest = tmp_path / "m.csv"
-    pd.DataFrame({"subject": ["s1"], "image": [str(IXI_T1)], "mask": [str(brain)]}).to_csv(manifest, index=False)
+    pd.DataFrame({"subject": ["s1"], "image": [str(ixi_t1)], "mask": [str(brain)]}).to_csv(manifest, index=False)
     assert main(["attention", str(run), "--manifest", str(manifest), "--class", "-o", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "s1" / "attention_class.nii.gz").is_file()
 
@@ -90,7 +88,7 @@ def test_a_run_trained_on_masked_scans_needs_the_mask_of_each_input(trained_run,
      "regularized attributes: cavity_volume_mm3, wall_thickness_mm"),
     (["attention", "{run}", "{scan}", "--class", "--layer", "encoder.nope", "-o", "{tmp}"],
      "available: encoder.stem"),
-    (["evaluate", "{run}", "--prior"], "no prior"),
+    (["evaluate", "{run}", "--prior"], "'evaluate --prior' is not available for attrivae runs"),
     (["traverse", "{run}", "{scan}", "--attribute", "cavity_volume_mm3", "--steps", "1", "-o", "{tmp}"],
      "--steps must be at least 2"),
 ], ids=["unknown", "unregularized", "attention-unregularized", "bad-layer", "prior", "steps"])
@@ -108,13 +106,7 @@ def _other_family_run(tmp_path):
     return run
 
 
-def test_a_run_of_the_other_family_is_refused_with_the_commands_listed(tmp_path, phantom_manifest):
-    run = _other_family_run(tmp_path)
-    with pytest.raises(InputError, match="vqvae3d run, not an attrivae run; attrivae commands: evaluate, reconstruct"):
-        family.cmd_traverse(run, phantom_manifest, "cavity_volume_mm3", out=tmp_path / "o")
-
-
 def test_cli_on_a_vqvae_run_exits_2(tmp_path, phantom_manifest, capsys):
     run = _other_family_run(tmp_path)
     code = main(["traverse", str(run), str(phantom_manifest), "--attribute", "x", "-o", str(tmp_path / "o")])
-    assert code == 2 and "available" in capsys.readouterr().err
+    assert code == 2 and "'traverse' is not available for vqvae3d runs; available: evaluate" in capsys.readouterr().err

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from medlatent.cli import main
-from medlatent.config import resolve
+from medlatent.commands.cli import main
+from medlatent.commands.registry import resolve
 from medlatent.runs import read_json, write_config
 from medlatent.vqvae3d.family import build_model
-from medlatent.vqvae3d.generation import mmd_test, unigram_bits_per_code
+from medlatent.vqvae3d.prior_metrics import mmd_test, unigram_bits_per_code
 from medlatent.vqvae3d.prior_common import one_thread
 
 IXI = Path(__file__).resolve().parents[3] / "shared" / "data" / "ixi_t1_2mm"

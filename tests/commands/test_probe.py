@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medlatent.errors import InputError
-from medlatent.probe import probe
+from medlatent.commands.probe import probe
 
 
 def _features(tmp_path, n: int = 60, informative: bool = True):

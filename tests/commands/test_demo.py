@@ -6,7 +6,7 @@ import json
 
 import nibabel as nib
 
-from medlatent.cli import main
+from medlatent.commands.cli import main
 
 
 def test_demo_runs_both_families_and_writes_their_exports(tmp_path, capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medlatent.errors import InputError
-from medlatent.latent_map import embed_2d
+from medlatent.commands.latent_map import embed_2d
 
 
 def test_pca_separates_two_clusters() -> None:

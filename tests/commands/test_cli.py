@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medlatent.cli import main
+from medlatent.commands.cli import main
 
 
 def test_unknown_config_key_exits_2_naming_it(tmp_path, capsys):

@@ -1,0 +1,60 @@
+"""``medlatent attention``: maps in the scan's geometry, one folder per subject, outputs that never collide."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medlatent.commands.attention import attention
+from medlatent.commands.cli import main
+from medlatent.errors import InputError
+
+
+@pytest.mark.parametrize("scan", ["ixi_t1", "ct_pitch"], ids=["ixi_PSR", "ct_oblique"])
+@pytest.mark.parametrize("target", [{"use_class": True}, {"attribute": "wall_thickness_mm"}], ids=["class", "attribute"])
+def test_attention_nifti_overlays_the_scan(trained_run, tmp_path, scan, target, request):
+    scan = request.getfixturevalue(scan)
+    out = attention(trained_run, scan, out=tmp_path, **target)
+    name = "class" if "use_class" in target else target["attribute"]
+    result = nib.load(out / f"attention_{name}.nii.gz")
+    reference = nib.load(scan)
+    assert result.shape == reference.shape
+    assert np.allclose(result.affine, reference.affine, atol=1e-4)
+    data = result.get_fdata()
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1 and data.max() > 0
+    assert (out / f"attention_{name}.png").stat().st_size > 0
+
+
+def test_manifest_mode_writes_a_folder_per_subject_and_an_index(trained_run, phantom_manifest, tmp_path):
+    frame = pd.read_csv(phantom_manifest).head(3)
+    frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
+    frame["subject"] = ["a/../../escape", "b", "c"]  # IDs never leave the output folder
+    small = tmp_path / "m.csv"
+    frame.drop(columns=["mask"]).to_csv(small, index=False)
+    out = attention(trained_run, manifest=small, use_class=True, out=tmp_path / "att")
+    index = pd.read_csv(out / "index.csv")
+    assert len(index) == 3
+    for nifti in index["nifti"]:
+        assert (tmp_path / "att") in Path(nifti).resolve().parents
+        assert nib.load(nifti).shape == (32, 32, 32)
+
+
+def test_negative_evidence_export_is_named_and_indexed(trained_run, phantom_manifest, tmp_path):
+    frame = pd.read_csv(phantom_manifest).head(2)
+    frame["image"] = [str(phantom_manifest.parent / p) for p in frame["image"]]
+    small = tmp_path / "m.csv"
+    frame.drop(columns=["mask"]).to_csv(small, index=False)
+    out = tmp_path / "att"
+    assert main(["attention", str(trained_run), "--manifest", str(small), "--attribute", "wall_thickness_mm",
+                 "--evidence", "negative", "-o", str(out)]) == 0
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["evidence"]) == ["negative", "negative"]
+    for nifti, png in zip(index["nifti"], index["png"]):
+        assert nifti.endswith("attention_wall_thickness_mm_negative.nii.gz") and png.endswith("_negative.png")
+        data = nib.load(nifti).get_fdata()
+        assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+    assert main(["attention", str(trained_run), "--manifest", str(small), "--class", "--evidence", "both",
+                 "-o", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
