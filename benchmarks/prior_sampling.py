@@ -1,7 +1,7 @@
 """Priors over an IXI VQ-VAE's code grid: test bits per code, sampling speed, MMD and diversity.
 
 Trains the PixelCNN and the transformer prior for the same wall-clock budget on the same VQ-VAE
-run, evaluates both (``vqvae3d.generation.evaluate_prior``), and times MONAI's
+run, evaluates both (``medlatent evaluate RUN --prior KIND``), and times MONAI's
 ``VQVAETransformerInferer.sample`` (no key/value cache) with the trained transformer's own
 network, i.e. the same width and depth on the same grid, against our cached sampler at batch 1.
 
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train_vqvae(workdir: Path, quick: bool, minutes: float | None = None) -> Path:
-    from medlatent.config import load_config
-    from medlatent.train import train
+    from medlatent.commands.registry import load_config
+    from medlatent.commands.train import train
 
     overrides = ["data.images=" + str(ROOT.parent / "shared/data/ixi_t1_2mm/T1/*.nii.gz"),
                  "data.tables=[{path: " + str(ROOT.parent / "shared/data/ixi_t1_2mm/participants.csv")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         return result
 
-    from medlatent.vqvae3d.generation import evaluate_prior, load_prior, train_prior
+    from medlatent.commands.prior import evaluate_prior, load_prior, train_prior
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -147,17 +147,12 @@ def main(argv: list[str] | None = None) -> dict:
                              "prior.transformer.depth=" + ("2" if args.quick else "4"), "prior.transformer.heads=4"]}
     results: dict = {"run": str(run), "quick": args.quick, "minutes_per_prior": minutes}
     for kind in ("pixelcnn", "transformer"):
-        pdir = workdir / f"prior_{kind}"
+        pdir = run / "prior" / kind  # both kinds share the run's encoded grids (RUN/prior/codes.pt)
         if pdir.exists():
             shutil.rmtree(pdir)
-        pdir.mkdir(parents=True)
-        cached = workdir / "codes.pt"
-        if cached.is_file():  # both priors read the same encoded grids
-            shutil.copy(cached, pdir / "codes.pt")
-        train_prior(run, prior=kind, overrides=common + sizes[kind], prior_dir=pdir)
-        shutil.copy(pdir / "codes.pt", cached)
-        ev = evaluate_prior(run, prior_dir=pdir)
-        prior, _, info = load_prior(run, prior_dir=pdir)
+        train_prior(run, prior=kind, overrides=common + sizes[kind])
+        ev = evaluate_prior(run, prior=kind)
+        prior, _, info, _ = load_prior(run, kind)
         results[f"{kind}_bits_per_code"] = ev["test_bits_per_code"]
         results[f"{kind}_sample_s"] = ev["sample_seconds_per_volume"]  # batched, decode included
         results[f"{kind}_sample_s_batch1"] = _time_sampling(prior, 1)

@@ -6,12 +6,17 @@ synthetic volumes with known ground truth: they show the pipeline working, never
 
 from __future__ import annotations
 
-import importlib
 import importlib.resources
 import time
 from pathlib import Path
+from typing import Any
 
-from medlatent.config import COMMON_DEFAULTS, FAMILIES, load_config
+from medlatent.commands.attention import attention
+from medlatent.commands.evaluate import evaluate
+from medlatent.commands.reconstruct import reconstruct
+from medlatent.commands.registry import defaults_for, load_config
+from medlatent.commands.train import train
+from medlatent.commands.traverse import traverse
 from medlatent.io import write_text_atomic
 
 __all__ = ["run_demo", "CONFIGS"]
@@ -23,12 +28,10 @@ CONFIGS = Path(str(importlib.resources.files("medlatent.configs")))
 
 def _time_cached_passes(manifest: Path, spatial_size: list[int]) -> str:
     """Two passes over the phantoms through the memory cache: the second does no file I/O."""
-    import copy
-
     from medlatent.transforms.pipeline import make_dataset
     from medlatent.transforms.records import load_split_records
 
-    data_cfg = copy.deepcopy(COMMON_DEFAULTS["data"])
+    data_cfg = defaults_for("vqvae3d")["data"]
     data_cfg.update(manifest=str(manifest), spatial_size=spatial_size, cache="memory")
     records, _ = load_split_records(data_cfg)
     started = time.perf_counter()
@@ -39,6 +42,53 @@ def _time_cached_passes(manifest: Path, spatial_size: list[int]) -> str:
         dataset[index]
     second = time.perf_counter() - started
     return f"cache: {len(dataset)} training volumes loaded and preprocessed in {first:.1f} s; a cached pass takes {second:.2f} s"
+
+
+def _trained(cfg: dict[str, Any], run: Path) -> Path:
+    """Train ``run``, or finish it when an earlier demo was interrupted (an already trained run is reused)."""
+    return train(cfg, run, resume=(run / "checkpoints" / "last.pt").is_file())
+
+
+def vqvae3d_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
+    """Train, evaluate and reconstruct the VQ-VAE on the phantoms (``cfg`` from configs/vqvae3d_demo.yaml)."""
+    from medlatent.transforms.manifest import read_manifest
+
+    run = _trained(cfg, workdir / "run")
+    metrics = evaluate(run, split="test")
+    first = read_manifest(manifest).iloc[0]
+    recon = workdir / "reconstruction.nii.gz"
+    reconstruct(run, Path(first["image"]), recon, overwrite=True)
+    return [f"VQ-VAE run: {run} (curves and reconstruction grids in {run / 'figures'})",
+            f"VQ-VAE test SSIM {metrics['ssim']:.3f}, PSNR {metrics['psnr']:.1f}, codes used "
+            f"{metrics['codes_used_frac']:.0%}: {run / 'eval' / 'metrics.json'}",
+            f"VQ-VAE reconstruction of {first['subject']}: {recon} (overlays {first['image']})"]
+
+
+def attrivae_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
+    """Train the Attri-VAE on the phantoms (``cfg`` from configs/attrivae_demo.yaml), evaluate, traverse one
+    attribute and export attention maps of a test phantom with a lesion."""
+    from medlatent.transforms.records import load_split_records
+
+    run = _trained(cfg, workdir / "run")
+    metrics = evaluate(run, "test")
+    records, _ = load_split_records(cfg["data"])
+    lesions = [r for r in records["test"] if r.get("label") == 1]
+    subject = (lesions or records["test"])[0]
+    attribute = cfg["data"]["attributes"][0]
+    traversal = traverse(run, subject["image"], attribute, steps=9, out=workdir / "traversal", overwrite=True)
+    maps = workdir / "attention"
+    attention(run, subject["image"], use_class=True, out=maps, overwrite=True)
+    attention(run, subject["image"], attribute=attribute, out=maps, overwrite=True)
+    return [
+        f"Attri-VAE run: {run} (curves in {run / 'figures'}; test metrics in {run / 'eval' / 'metrics.json'}: "
+        f"ssim {metrics['ssim']:.2f}, auc {metrics['auc']:.2f}, scc {metrics['scc']:.2f})",
+        f"Attri-VAE traversal of {attribute} for {subject['subject']}: {traversal / 'grid.png'} and step_XX.nii.gz",
+        f"Attri-VAE attention maps for {subject['subject']}: {maps}/attention_class.png and "
+        f"attention_{attribute}.png; open the .nii.gz over {subject['image']} in 3D Slicer or ITK-SNAP",
+    ]
+
+
+DEMOS = {"vqvae3d": vqvae3d_demo, "attrivae": attrivae_demo}
 
 
 def run_demo(out: Path, quick: bool = False) -> list[str]:
@@ -63,12 +113,11 @@ def run_demo(out: Path, quick: bool = False) -> list[str]:
     lines.append(_time_cached_passes(manifest, list(shape)))
     print(lines[-1], flush=True)
 
-    for model, module_name in FAMILIES.items():
-        family = importlib.import_module(module_name)
+    for model, demo in DEMOS.items():
         config = CONFIGS / f"{model}_demo.yaml"
         overrides = [f"data.manifest={manifest}"] + (["train.epochs=2"] if quick else [])
         print(f"--- {model} ({config}) ---", flush=True)
-        lines.extend(family.run_demo(out / model, load_config(config, overrides), manifest))
+        lines.extend(demo(out / model, load_config(config, overrides), manifest))
     lines.append(f"demo finished in {time.perf_counter() - started:.0f} s; everything is under {out.resolve()}")
     print("\nWhere to look:\n" + "\n".join(f"  {line}" for line in lines), flush=True)
     return lines

@@ -1,7 +1,7 @@
 """2D maps of pooled latents: one or several data sets through a run's encoder, embedded and plotted.
 
-The run's family supplies ``encode_features(run, manifest) -> DataFrame`` (``subject`` +
-feature columns); the features are standardised and embedded with PCA (default), t-SNE
+The run's family supplies the pooled features of each scan (``Family.features``, through
+``medlatent.commands.encode.encode_features``); they are standardised and embedded with PCA (default), t-SNE
 (scikit-learn) or UMAP (``umap-learn``, if installed), then coloured by a manifest column or
 by data set. The coordinates are written next to the picture as CSV.
 """
@@ -66,7 +66,7 @@ def latent_map(run: str | Path, manifests: list[str | Path], output: str | Path,
     """Embed the pooled latents of every subject in ``manifests`` and plot them.
 
     Args:
-        run: a trained run of any family with ``encode_features``.
+        run: a trained run of any family.
         manifests: one or more manifest CSVs.
         output: PNG path; the coordinates go to the same path with ``.csv``.
         color: manifest column to colour by (default: the data set each subject came from).
@@ -76,9 +76,8 @@ def latent_map(run: str | Path, manifests: list[str | Path], output: str | Path,
     Returns:
         DataFrame ``subject, dataset, x, y`` (+ the colour column).
     """
-    from medlatent.config import family_module
+    from medlatent.commands.encode import encode_features
     from medlatent.figures import save_figure
-    from medlatent.runs import load_run_config
     from medlatent.transforms.manifest import read_manifest
 
     if method not in METHODS:
@@ -86,14 +85,13 @@ def latent_map(run: str | Path, manifests: list[str | Path], output: str | Path,
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise InputError(f"{output}: the latent map is written as PNG; name a .png file")
-    family = family_module(load_run_config(run)["model"])
     manifests = [Path(m) for m in manifests]
     frames, feature_columns = [], None
     for name, manifest in zip(_dataset_names(manifests), manifests):
         table = read_manifest(manifest)
         if color is not None and color != "dataset" and color not in table.columns:
             raise InputError(f"--color: column '{color}' not in {manifest} (columns: {list(table.columns)})")
-        features = family.encode_features(run, manifest)
+        features = encode_features(run, manifest)
         feature_columns = feature_columns or [c for c in features.columns if c != "subject"]
         frame = features[["subject"] + feature_columns].copy()
         frame.insert(1, "dataset", name)

@@ -9,7 +9,6 @@ import pytest
 
 from medlatent.commands.attention import attention
 from medlatent.commands.cli import main
-from medlatent.errors import InputError
 
 
 @pytest.mark.parametrize("scan", ["ixi_t1", "ct_pitch"], ids=["ixi_PSR", "ct_oblique"])
@@ -55,6 +54,8 @@ def test_negative_evidence_export_is_named_and_indexed(trained_run, phantom_mani
         assert nifti.endswith("attention_wall_thickness_mm_negative.nii.gz") and png.endswith("_negative.png")
         data = nib.load(nifti).get_fdata()
         assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
-    assert main(["attention", str(trained_run), "--manifest", str(small), "--class", "--evidence", "both",
-                 "-o", str(tmp_path / "bad")]) == 2
+    with pytest.raises(SystemExit) as caught:  # argparse: a choice that does not exist
+        main(["attention", str(trained_run), "--manifest", str(small), "--class", "--evidence", "both",
+              "-o", str(tmp_path / "bad")])
+    assert caught.value.code == 2
     assert not (tmp_path / "bad").exists()

@@ -19,7 +19,6 @@ from medlatent.commands.cli import main
 from medlatent.commands.registry import resolve
 from medlatent.runs import read_json, write_config
 from medlatent.vqvae3d.family import build_model
-from medlatent.vqvae3d.prior_metrics import mmd_test, unigram_bits_per_code
 from medlatent.vqvae3d.prior_common import one_thread
 
 IXI = Path(__file__).resolve().parents[3] / "shared" / "data" / "ixi_t1_2mm"
@@ -72,8 +71,9 @@ def flat_run(tmp_path_factory) -> Path:
 
 
 def test_train_prior_writes_checkpoints_metrics_and_cache(flat_run: Path) -> None:
-    prior = flat_run / "prior"
-    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "prior_info.json", "codes.pt",
+    prior = flat_run / "prior" / "pixelcnn"
+    assert (flat_run / "prior" / "codes.pt").is_file()  # the encoded grids, shared by the kinds
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "prior_info.json",
                  "metrics.csv", "figures/curves.png"):
         assert (prior / name).is_file(), name
     with open(prior / "metrics.csv") as handle:
@@ -87,13 +87,16 @@ def test_train_prior_writes_checkpoints_metrics_and_cache(flat_run: Path) -> Non
 def test_resume_continues_and_guards_its_settings(flat_run: Path, capsys) -> None:
     cache_time = (flat_run / "prior" / "codes.pt").stat().st_mtime
     assert main(["train-prior", str(flat_run), "--prior", "pixelcnn", "--resume", "--set", "train.epochs=3"]) == 0
-    with open(flat_run / "prior" / "metrics.csv") as handle:
+    with open(flat_run / "prior" / "pixelcnn" / "metrics.csv") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
     assert (flat_run / "prior" / "codes.pt").stat().st_mtime == cache_time  # encoded once, reused
     assert main(["train-prior", str(flat_run), "--prior", "transformer", "--resume"]) == 2
-    assert "pass --prior pixelcnn" in capsys.readouterr().err
+    assert "no transformer prior to resume" in capsys.readouterr().err
     assert main(["train-prior", str(flat_run), "--prior", "pixelcnn"]) == 2  # would overwrite it
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pass --resume" in err and "--prior transformer" in err  # options that exist
+    assert main(["train-prior", str(flat_run), "--prior", "pixelcnn", "--resume", "--set", "prior.pixelcnn.layers=3"]) == 2
+    assert "only train.* may change" in capsys.readouterr().err
 
 
 def test_unknown_or_bad_prior_keys_are_rejected(tmp_path: Path, capsys) -> None:
@@ -113,7 +116,7 @@ def test_samples_are_reproducible_niftis_of_the_configured_shape(flat_run: Path,
                      str(tmp_path / name)]) == 0
     files = sorted((tmp_path / "a").glob("sample_*.nii.gz"))
     assert len(files) == 3 and (tmp_path / "a" / "samples.png").is_file()
-    spacing = read_json(flat_run / "prior" / "prior_info.json")["spacing"]
+    spacing = read_json(flat_run / "prior" / "pixelcnn" / "prior_info.json")["spacing"]
     for path in files:
         image = nib.load(path)
         assert image.shape == tuple(SIZE)
@@ -144,7 +147,7 @@ def test_bad_sampling_input_exits_2_with_a_clear_message(flat_run: Path, tmp_pat
 
 def test_evaluate_prior_writes_eval_json(flat_run: Path) -> None:
     assert main(["evaluate", str(flat_run), "--prior"]) == 0
-    result = read_json(flat_run / "prior" / "eval.json")
+    result = read_json(flat_run / "prior" / "pixelcnn" / "eval.json")
     for key in ("test_bits_per_code", "unigram_bits_per_code", "sample_seconds_per_volume", "mmd",
                 "diversity_samples", "diversity_real"):
         assert math.isfinite(result[key]), key
@@ -155,19 +158,26 @@ def test_two_level_run_gets_a_top_and_a_conditioned_bottom_prior(tmp_path: Path)
     run = _make_run(tmp_path, levels=2, label=None)
     assert main(["train-prior", str(run), "--set", "train.epochs=1", "--set", "prior.transformer.dim=16",
                  "--set", "prior.transformer.depth=1", "--set", "prior.transformer.heads=2"]) == 0
-    info = read_json(run / "prior" / "prior_info.json")
+    info = read_json(run / "prior" / "transformer" / "prior_info.json")
     assert [level["shape"] for level in info["levels"]] == [[2, 2, 2], [4, 4, 4]] and info["classes"] is None
-    with open(run / "prior" / "metrics.csv") as handle:
+    with open(run / "prior" / "transformer" / "metrics.csv") as handle:
         assert "val_bits_per_code_bottom" in next(csv.DictReader(handle))
     assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "s")]) == 0
     assert nib.load(tmp_path / "s" / "sample_001.nii.gz").shape == tuple(SIZE)
     assert main(["sample", str(run), "--label", "M", "-o", str(tmp_path / "s2")]) == 2  # not conditional
 
 
-def test_unigram_baseline_and_mmd_statistic() -> None:
-    uniform = [torch.arange(8).repeat(4).view(4, 2, 2, 2)]
-    assert unigram_bits_per_code(uniform, uniform, [8]) == pytest.approx(3.0)
-    rng = np.random.default_rng(0)
-    same = mmd_test(rng.normal(size=(20, 3)), rng.normal(size=(20, 3)), permutations=200)
-    shifted = mmd_test(rng.normal(size=(20, 3)), rng.normal(2.0, size=(20, 3)), permutations=200)
-    assert same[1] > 0.05 and shifted[1] < 0.01 and shifted[0] > same[0]
+def test_both_kinds_of_prior_live_side_by_side_and_are_chosen_by_kind(flat_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train-prior", str(flat_run), "--prior", "transformer", "--set", "prior.transformer.dim=16",
+                 "--set", "prior.transformer.depth=1", "--set", "prior.transformer.heads=2", *TINY]) == 0
+    assert (flat_run / "prior" / "pixelcnn" / "checkpoints" / "last.pt").is_file()
+    assert (flat_run / "prior" / "transformer" / "checkpoints" / "last.pt").is_file()
+    assert main(["sample", str(flat_run), "-n", "1", "--prior", "pixelcnn", "-o", str(tmp_path / "p")]) == 0
+    assert read_json(tmp_path / "p" / "samples.json")["prior"] == "pixelcnn"
+    assert main(["sample", str(flat_run), "-n", "1", "-o", str(tmp_path / "latest")]) == 0
+    assert read_json(tmp_path / "latest" / "samples.json")["prior"] == "transformer"  # the one trained last
+    assert main(["evaluate", str(flat_run), "--prior", "transformer"]) == 0
+    assert (flat_run / "prior" / "transformer" / "eval.json").is_file()
+    assert main(["sample", str(flat_run), "-n", "1", "--prior", "pixelcnn", "-o", str(tmp_path / "p")]) == 2
+    assert "--overwrite" in capsys.readouterr().err  # an existing output is never replaced silently
+

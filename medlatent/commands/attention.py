@@ -1,0 +1,119 @@
+"""``medlatent attention``: an Attri-VAE's attention maps as NIfTI over the original scan, plus a PNG per map."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medlatent.attrivae.attention import grad_cam, resolve_layer
+from medlatent.attrivae.attributes import AttributeMap
+from medlatent.commands.inputs import as_batch, iter_manifest, load_input, manifest_subjects, output_names
+from medlatent.commands.outputs import check_output_folder, write_volume
+from medlatent.commands.runs import LoadedRun, load_run
+from medlatent.errors import InputError
+from medlatent.figures import save_overlay
+from medlatent.io import safe_name, write_text_atomic
+
+__all__ = ["attention", "METHOD_NAMES"]
+
+METHOD_NAMES = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM"}
+
+
+def _ras(volume: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A path or MetaTensor ``[1, X, Y, Z]`` reoriented to RAS: ``([X, Y, Z], spacing mm [3])``."""
+    from monai.transforms import Orientation
+
+    from medlatent.transforms.pipeline import LoadVolumed
+
+    if not hasattr(volume, "affine"):
+        volume = LoadVolumed(["image"])({"image": volume})["image"]
+    oriented = Orientation(axcodes="RAS", labels=tuple(zip("LPI", "RAS")))(volume)
+    affine = np.asarray(oriented.affine, dtype=np.float64)
+    return np.asarray(oriented.as_tensor()[0].float().numpy()), np.linalg.norm(affine[:3, :3], axis=0)
+
+
+def _file_names(label: str, evidence: str) -> tuple[str, str]:
+    stem = f"attention_{label}" + ("" if evidence == "positive" else f"_{evidence}")
+    return f"{stem}.nii.gz", f"{stem}.png"
+
+
+def _one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, folder: Path, layer: str,
+         dim: int | None, method: str, evidence: str) -> dict[str, Any]:
+    """Attention map of one scan -> ``folder/attention_<label>.nii.gz`` (input geometry) and ``.png``; returns an index row."""
+    x = as_batch(item, state.device)
+    cam = grad_cam(state.model, x, layer, dim, evidence=evidence, method=method)[0].cpu()
+    nifti_name, png_name = _file_names(label, evidence)
+    folder.mkdir(parents=True, exist_ok=True)
+    mapped = write_volume(cam, item, state.data_cfg, folder / nifti_name, value_range=(0.0, 1.0))
+    array = mapped.as_tensor()[0].numpy()
+    peak = np.unravel_index(int(np.argmax(array)), array.shape)
+    affine = np.asarray(mapped.affine, dtype=np.float64)
+    peak_mm = affine[:3, :3] @ np.asarray(peak, dtype=np.float64) + affine[:3, 3]
+    scan_ras, spacing = _ras(source if source else item["image"])
+    map_ras, _ = _ras(mapped)
+    side = "" if evidence == "positive" else f", {evidence} evidence"
+    save_overlay(scan_ras, map_ras, folder / png_name, spacing=spacing, label=f"{METHOD_NAMES[method]}{side} ({label})",
+                 title=f"{item.get('subject', '')}: attention for {label} at {layer}; peak at "
+                       f"({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, {peak_mm[2]:.0f}) mm RAS")
+    row = {"subject": item.get("subject", ""), "target": label, "method": method, "evidence": evidence, "layer": layer,
+           "nifti": str(folder / nifti_name), "png": str(folder / png_name),
+           "peak_voxel": " ".join(map(str, peak)), "peak_ras_mm": " ".join(f"{v:.1f}" for v in peak_mm)}
+    if state.model.classifier is not None:
+        with torch.no_grad():
+            logits = state.model.classify(state.model.encode(x)[0])
+        probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1).amax(1)
+        row["probability"] = float(probs[0])
+    return row
+
+
+def attention(run: str | Path, input: str | Path | None = None, manifest: str | Path | None = None,  # noqa: A002
+              attribute: str | None = None, use_class: bool = False, layer: str | None = None,
+              out: str | Path = "attention", method: str | None = None, mask: str | Path | None = None,
+              evidence: str = "positive", overwrite: bool = False) -> Path:
+    """Attention maps as NIfTI over the original scan, plus a PNG per map.
+
+    ``method``: ``hirescam`` or ``gradcam`` (default: the run's ``net.attention_method``);
+    ``evidence``: ``positive`` (where the activation raises the target) or ``negative`` (where
+    it lowers it; files get a ``_negative`` suffix); ``layer``: an encoder layer name (default:
+    ``net.attention_layer``, else the last encoder layer with at least 4 voxels per axis).
+    ``mask``: the ``input``'s mask, needed when the run was trained with ``data.mask_image`` (a
+    manifest gives them in its ``mask`` column).
+
+    One ``input`` -> ``OUT/attention_<target>.nii.gz`` and ``.png``. With ``manifest`` ->
+    ``OUT/<subject>/...`` per scan and ``OUT/index.csv``: the manifest is checked whole first,
+    then scans are processed one at a time, so memory does not grow with the number of subjects.
+    """
+    if (input is None) == (manifest is None):
+        raise InputError("attention: give exactly one of INPUT or --manifest M")
+    if (attribute is None) == (not use_class):
+        raise InputError("attention: give exactly one of --attribute NAME or --class")
+    state = load_run(run, "attention")
+    if use_class and state.model.classifier is None:
+        regularized = AttributeMap.load(state.run).regularized
+        raise InputError(f"{run}: --class: this run was trained without data.label, so it has no classifier; "
+                         f"use --attribute with one of: {', '.join(regularized) or 'none'}")
+    dim = AttributeMap.load(state.run).dim_of(attribute) if attribute is not None else None
+    layer_name, _ = resolve_layer(state.model, layer or state.cfg["net"]["attention_layer"])
+    method = method or state.cfg["net"]["attention_method"]
+    label = safe_name("class" if use_class else attribute)
+    files = _file_names(label, evidence)
+    if input is not None:
+        out = check_output_folder(out, files, [input, mask], overwrite)
+        row = _one(state, load_input(state, input, mask), str(input), label, out, layer_name, dim, method, evidence)
+        print(f"wrote {row['nifti']} and {row['png']}")
+        return out
+    names = output_names(manifest_subjects(manifest, state.data_cfg))
+    out = check_output_folder(out, ["index.csv"] + [f"{name}/{f}" for name in names.values() for f in files],
+                              [manifest], overwrite)
+    rows = []
+    for subject, source, item in iter_manifest(manifest, state.data_cfg):
+        rows.append({"image": source, **_one(state, item, source, label, out / names[subject], layer_name, dim,
+                                             method, evidence)})
+    write_text_atomic(out / "index.csv", pd.DataFrame(rows).to_csv(index=False))
+    print(f"wrote attention maps of {len(rows)} subjects to {out} (index: {out / 'index.csv'})")
+    return out

@@ -1,0 +1,86 @@
+"""A trained run, loaded once for any run-based command: its validated config, family and network."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medlatent import distributed as dist_utils
+from medlatent.commands.registry import FAMILIES, resolve
+from medlatent.config import read_yaml_file
+from medlatent.errors import InputError
+from medlatent.family import Family
+from medlatent.runs import checkpoint_path, load_checkpoint
+
+__all__ = ["LoadedRun", "load_run", "load_run_config", "family_for_command"]
+
+
+def load_run_config(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The validated config a run was trained with (``RUN/config.yaml``), updated by ``overrides``."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise InputError(f"{run}: not a run directory (no config.yaml)")
+    return resolve(read_yaml_file(path), overrides, source=str(path))
+
+
+def family_for_command(run: str | Path, command: str) -> Family:
+    """The family of ``run`` if it declares ``command``; InputError naming the commands it has."""
+    path = Path(run) / "config.yaml"
+    model = read_yaml_file(path, what="run config").get("model") if path.is_file() else None
+    if model is None:
+        raise InputError(f"{run}: not a run directory (no config.yaml)")
+    if model not in FAMILIES:
+        raise InputError(f"{path}: unknown model {model!r}; choose one of {sorted(FAMILIES)}")
+    family = FAMILIES[model]
+    if command not in family.commands:
+        raise InputError(f"{run}: '{command}' is not available for {model} runs; available: "
+                         f"{', '.join(family.commands)}")
+    return family
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run ready for inference: the network (eval mode, on its device) and what built it."""
+
+    run: Path
+    cfg: dict[str, Any]
+    family: Family
+    model: nn.Module
+    checkpoint: str
+    epoch: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def data_cfg(self) -> dict[str, Any]:
+        return self.cfg["data"]
+
+
+def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:
+    """Load ``checkpoints/{which}.pt`` (best, falling back to last) into the run's network.
+
+    ``command`` is the command asking: a family that does not declare it is refused before
+    anything is read.
+
+    Raises:
+        InputError: not a run, a command the run's family lacks, no checkpoint, or a checkpoint
+            that does not fit the network its config describes (names the files).
+    """
+    run = Path(run)
+    family = family_for_command(run, command)
+    cfg = load_run_config(run)
+    model = family.build_network(run, cfg)
+    path = checkpoint_path(run, which)
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise InputError(f"{path}: does not match the network in {run / 'config.yaml'}: {err}") from None
+    model.to(dist_utils.pick_device()).eval()
+    return LoadedRun(run, cfg, family, model, path.stem, int(state.get("epoch", 0)))
