@@ -19,22 +19,24 @@ from medlatent.runs import checkpoint_path, load_checkpoint
 __all__ = ["LoadedRun", "load_run", "load_run_config", "family_for_command"]
 
 
-def load_run_config(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The validated config a run was trained with (``RUN/config.yaml``), updated by ``overrides``."""
-    path = Path(run) / "config.yaml"
+def _read_run_config(run: Path) -> dict[str, Any]:
+    path = run / "config.yaml"
     if not path.is_file():
         raise InputError(f"{run}: not a run directory (no config.yaml)")
-    return resolve(read_yaml_file(path), overrides, source=str(path))
+    return read_yaml_file(path, what="run config")
 
 
-def family_for_command(run: str | Path, command: str) -> Family:
-    """The family of ``run`` if it declares ``command``; InputError naming the commands it has."""
-    path = Path(run) / "config.yaml"
-    model = read_yaml_file(path, what="run config").get("model") if path.is_file() else None
-    if model is None:
-        raise InputError(f"{run}: not a run directory (no config.yaml)")
+def load_run_config(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The validated config a run was trained with (``RUN/config.yaml``), updated by ``overrides``."""
+    run = Path(run)
+    return resolve(_read_run_config(run), overrides, source=str(run / "config.yaml"))
+
+
+def family_for_command(run: Path, raw: dict[str, Any], command: str) -> Family:
+    """The family named by a run's raw config if it declares ``command``; InputError naming the commands it has."""
+    model = raw.get("model")
     if model not in FAMILIES:
-        raise InputError(f"{path}: unknown model {model!r}; choose one of {sorted(FAMILIES)}")
+        raise InputError(f"{run / 'config.yaml'}: unknown model {model!r}; choose one of {sorted(FAMILIES)}")
     family = FAMILIES[model]
     if command not in family.commands:
         raise InputError(f"{run}: '{command}' is not available for {model} runs; available: "
@@ -73,8 +75,9 @@ def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:
             that does not fit the network its config describes (names the files).
     """
     run = Path(run)
-    family = family_for_command(run, command)
-    cfg = load_run_config(run)
+    raw = _read_run_config(run)
+    family = family_for_command(run, raw, command)  # before validating: the other family's run is named as such
+    cfg = resolve(raw, source=str(run / "config.yaml"))
     model = family.build_network(run, cfg)
     path = checkpoint_path(run, which)
     state = load_checkpoint(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_pip_install_dot_then_demo_from_another_directory(tmp_path):
     target = tmp_path / "site"
-    # a real (non-editable) build of the checkout into a folder of its own; the dependencies are
-    # the test environment's, so nothing is downloaded
+    # a copy, so that the build's own files (build/, *.egg-info) stay out of the checkout
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "runs", "medlatent_demo", "bench_out"))
+    # a real (non-editable) build into a folder of its own; the dependencies are the test
+    # environment's, so nothing is downloaded
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, cwd=tmp_path)
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path)
     installed = {p.name for p in (target / "medlatent").iterdir()}
     assert {"transforms", "vqvae3d", "attrivae", "configs", "commands"} <= installed
     assert (target / "medlatent" / "configs" / "vqvae3d_demo.yaml").is_file()
