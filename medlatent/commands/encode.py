@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from medlatent.commands.inputs import as_batch, iter_manifest, manifest_subjects, output_names
-from medlatent.commands.outputs import check_output_folder, check_outputs
+from medlatent.commands.outputs import check_outputs
 from medlatent.commands.runs import LoadedRun, load_run
+from medlatent.errors import InputError
 from medlatent.io import atomic_path, write_text_atomic
 
 __all__ = ["encode", "encode_features"]
@@ -40,20 +41,13 @@ def encode(run: str | Path, manifest: str | Path, output: str | Path, codes_dir:
     """Write :func:`encode_features` to ``output`` (CSV); with ``codes_dir`` also each scan's latent arrays
     as ``<subject><suffix>.npy`` (VQ-VAE code grids, ``_top``/``_bottom`` for two levels; Attri-VAE ``mu``)."""
     check_outputs([output], [manifest], overwrite, option="-o")
-    state = load_run(run, "encode")
     if codes_dir is not None:
-        names = output_names(manifest_subjects(manifest, state.data_cfg))
-        suffixes = state.family.features(state.model, _probe_input(state))[1].keys()
-        check_output_folder(codes_dir, [f"{n}{s}.npy" for n in names.values() for s in suffixes], [manifest],
-                            overwrite, option="--codes")
-    frame = _rows(state, manifest, Path(codes_dir) if codes_dir is not None else None)
+        codes_dir = Path(codes_dir)
+        if codes_dir.exists() and (not codes_dir.is_dir() or (any(codes_dir.iterdir()) and not overwrite)):
+            raise InputError(f"--codes {codes_dir}: must be a new or empty folder (or pass --overwrite)")
+    state = load_run(run, "encode")
+    frame = _rows(state, manifest, codes_dir)
     write_text_atomic(output, frame.to_csv(index=False))
     print(f"wrote {output}: {len(frame)} subjects x {frame.shape[1] - 1} features")
     return frame
 
-
-def _probe_input(state: LoadedRun):
-    """A zero volume of the run's input size: enough to learn which arrays ``features`` returns."""
-    import torch
-
-    return torch.zeros(1, 1, *state.data_cfg["spatial_size"], device=state.device)
