@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, Dataset, MetaTensor
 from monai.transforms.utils import reset_ops_id
 from monai.transforms import (
     Compose,
@@ -47,11 +47,13 @@ from monai.transforms import (
 )
 
 from medlatent.errors import InputError
+from medlatent.transforms.disk_cache import TensorDiskCache
 from medlatent.transforms.settings import CACHE_MODES, INTENSITY_MODES, SPATIAL_FITS
 from medlatent.transforms.sitk_reader import SimpleITKReader
 
-# bump when the deterministic pipeline changes, so disk caches of an older version are not reused
-PIPELINE_VERSION = 2
+# bump when the deterministic pipeline or the cache format changes, so disk caches of an older version
+# are not reused (3: tensor-only files, transforms/disk_cache.py)
+PIPELINE_VERSION = 3
 
 
 def _is_nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +232,8 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
     """A MONAI dataset over ``records`` (from :func:`transforms.records.load_split_records`).
 
     ``data.cache``: ``memory`` -> CacheDataset (everything preprocessed once, at construction);
-    ``disk`` -> PersistentDataset under ``cache_dir/pre-<hash of the preprocessing keys>``;
+    ``disk`` -> :class:`~transforms.disk_cache.TensorDiskCache` (tensor-only files, read with
+    ``weights_only=True``) under ``cache_dir/pre-<hash of the preprocessing keys>``;
     ``none`` -> Dataset. Only the deterministic prefix is cached; augmentation runs after it on a copy,
     and only when ``train`` is True.
 
@@ -253,9 +256,8 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
             raise InputError("config key 'data.cache': 'disk' needs data.cache_dir (or a cache_dir argument)")
         folder = Path(folder) / f"pre-{preprocessing_hash(data_cfg)}"
         folder.mkdir(parents=True, exist_ok=True)
-        # track_meta keeps MetaTensors (applied_operations); weights_only=False because the cache
-        # holds MetaTensors, and it only ever loads files this function wrote
-        return PersistentDataset(data, transform, cache_dir=folder, track_meta=True, weights_only=False)
+        # tensor-only files read with weights_only=True: a cache file never runs code
+        return TensorDiskCache(data, transform, cache_dir=folder)
     if mode == "none":
         return Dataset(data, transform)
     raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
