@@ -29,8 +29,12 @@ def _ready(num_codes: int, dim: int, codebook: torch.Tensor, **kwargs) -> EMAQua
 def test_nearest_codes_matches_brute_force() -> None:
     torch.manual_seed(0)
     flat, codebook = torch.randn(500, 8), torch.randn(37, 8)
-    expected = torch.cdist(flat, codebook).argmin(1)
-    assert torch.equal(nearest_codes(flat, codebook), expected)
+    got = nearest_codes(flat, codebook)
+    # brute force by differences in float64, not torch.cdist (whose matrix-product path is off by ~1e-3
+    # on AVX512 CPUs): the chosen code is the nearest, up to float32 rounding of one matrix product
+    exact = (flat[:, None].double() - codebook[None].double()).pow(2).sum(-1)  # [500, 37]
+    assert (exact.gather(1, got[:, None])[:, 0] - exact.min(1).values).max() < 1e-4
+    assert (got == exact.argmin(1)).float().mean() > 0.99
 
 
 def test_ema_update_moves_code_toward_mean_of_assigned_vectors() -> None:
@@ -68,7 +72,8 @@ def test_dead_code_is_restarted_at_an_encoder_output() -> None:
     vq(_as_map(vectors))
     restarted = vq.codebook[1]
     assert (restarted - torch.tensor([100.0, 100.0])).norm() > 50
-    assert torch.isclose(torch.cdist(restarted[None], vectors).min(), torch.tensor(0.0), atol=1e-5)
+    # exactly one of the encoder outputs (an exact match, not a cdist distance, which is inexact on AVX512)
+    assert (vectors == restarted).all(1).any()
 
 
 def test_restart_goes_where_the_codebook_serves_the_data_worst() -> None:
@@ -97,7 +102,7 @@ def test_kmeans_seeding_covers_a_rare_cluster() -> None:
     rare = torch.tensor([6.0, 6.0]) + 0.05 * torch.randn(20, 2)
     vq = EMAQuantizer(4, 2, dead_threshold=0.0, kmeans_iters=1).train()
     vq(_as_map(torch.cat([common, rare])))
-    assert torch.cdist(torch.tensor([[6.0, 6.0]]), vq.codebook).min() < 0.5
+    assert (vq.codebook - torch.tensor([6.0, 6.0])).norm(dim=1).min() < 0.5
 
 
 def test_kmeans_initialisation_places_codes_on_the_data() -> None:
@@ -107,7 +112,7 @@ def test_kmeans_initialisation_places_codes_on_the_data() -> None:
     vq = EMAQuantizer(3, 2, dead_threshold=0.0).train()
     vq(_as_map(vectors))
     assert bool(vq.initialized)
-    distance = torch.cdist(centres, vq.codebook).min(1).values
+    distance = (centres[:, None] - vq.codebook[None]).norm(dim=-1).min(1).values  # [3]
     assert (distance < 0.2).all()
 
 
