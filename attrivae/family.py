@@ -27,7 +27,7 @@ from medlatent.config import Section
 from medlatent.errors import InputError
 from medlatent.family import Family
 
-__all__ = ["FAMILY", "NetSection", "LossSection", "build_model", "num_outputs"]
+__all__ = ["FAMILY", "NetSection", "LossSection", "build_model", "model_kwargs", "num_outputs"]
 
 NORMS = ("none", "batch", "instance", "group")
 
@@ -105,14 +105,20 @@ def num_outputs(attributes: AttributeMap) -> int:
     return 1 if len(classes) == 2 else len(classes)
 
 
+def model_kwargs(cfg: Mapping[str, Any], attributes: AttributeMap) -> dict[str, Any]:
+    """The ``AttriVAE`` keyword arguments the validated ``net`` section describes for ``data.spatial_size`` volumes."""
+    net = cfg["net"]
+    return dict(spatial_size=[int(s) for s in cfg["data"]["spatial_size"]], channels=list(net["channels"]),
+                latent_dim=int(net["latent_dim"]), bottleneck_channels=int(net["bottleneck_channels"]),
+                num_res_units=int(net["num_res_units"]), norm=net["norm"], num_outputs=num_outputs(attributes),
+                classifier_hidden=list(net["classifier_hidden"]), output=net["output"],
+                classifier_input=net["classifier_input"], space_to_depth=int(net["space_to_depth"]),
+                decoder_final_channels=net["decoder_final_channels"])
+
+
 def build_model(cfg: Mapping[str, Any], attributes: AttributeMap) -> AttriVAE:
     """The network the validated ``net`` section describes for ``data.spatial_size`` volumes."""
-    net = cfg["net"]
-    return AttriVAE(cfg["data"]["spatial_size"], channels=net["channels"], latent_dim=int(net["latent_dim"]),
-                    bottleneck_channels=int(net["bottleneck_channels"]), num_res_units=int(net["num_res_units"]),
-                    norm=net["norm"], num_outputs=num_outputs(attributes), classifier_hidden=net["classifier_hidden"],
-                    output=net["output"], classifier_input=net["classifier_input"],
-                    space_to_depth=int(net["space_to_depth"]), decoder_final_channels=net["decoder_final_channels"])
+    return AttriVAE(**model_kwargs(cfg, attributes))
 
 
 def build_task(cfg: dict[str, Any], info: Any, run_dir: Path, records: Mapping[str, Sequence[Mapping]]) -> AttriVAETask:
@@ -197,5 +203,5 @@ FAMILY = Family(
     features=features,
     evaluation_task=evaluation_task,
     summarize=summarize,
-    commands=("evaluate", "reconstruct", "encode", "traverse", "interpolate", "attention"),
+    commands=("evaluate", "reconstruct", "encode", "traverse", "interpolate", "attention", "export"),
 )

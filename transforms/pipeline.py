@@ -56,8 +56,12 @@ from medlatent.transforms.sitk_reader import SimpleITKReader
 PIPELINE_VERSION = 3
 
 
-def _is_nonzero(x: torch.Tensor) -> torch.Tensor:
-    # module-level (not a lambda) so the pipeline pickles for spawned DataLoader workers
+def is_nonzero(x: torch.Tensor) -> torch.Tensor:
+    """The foreground of ``CropForegroundd``: nonzero voxels.
+
+    Module-level (not a lambda) so the pipeline pickles for spawned DataLoader workers, and an
+    exported bundle's config can name it.
+    """
     return x != 0
 
 
@@ -104,6 +108,62 @@ class LoadVolumed(MapTransform):
         return d
 
 
+def preprocessing_steps(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "mask")) -> list[tuple[type, dict[str, Any]]]:
+    """The deterministic pipeline as ``(transform class, keyword arguments)`` pairs: see :func:`preprocessing`.
+
+    One list serves both the Compose used in training and inference and the ``preprocessing``
+    section of an exported MONAI bundle (``medlatent export``), so the two cannot drift apart.
+    Arguments are plain data (lists, numbers, strings) except ``select_fn``, a module-level function.
+    """
+    keys = list(keys)
+    modes_lin = ["bilinear" if k == "image" else "nearest" for k in keys]
+    # torch's legacy "nearest" samples floor(i * scale): half an input voxel off the points that
+    # "trilinear" samples, which moved IXI's ventricle masks off the ventricles; "nearest-exact"
+    # samples the same centres as the image
+    modes_tri = ["trilinear" if k == "image" else "nearest-exact" for k in keys]
+    steps: list[tuple[type, dict[str, Any]]] = [
+        (LoadVolumed, dict(keys=keys)),
+        # explicit labels: world axes are RAS as nibabel and MONAI define them
+        (Orientationd, dict(keys=keys, axcodes="RAS", labels=[list(p) for p in zip("LPI", "RAS")],
+                            allow_missing_keys=True)),
+    ]
+    if data_cfg.get("mask_image"):
+        # on the scan's own grid, before any resampling blurs the mask's edge into the image
+        steps.append((MaskIntensityd, dict(keys=["image"], mask_key="mask")))
+    if data_cfg.get("spacing"):
+        spacing = data_cfg["spacing"]
+        spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
+        steps.append((Spacingd, dict(keys=keys, pixdim=spacing, mode=modes_lin, allow_missing_keys=True)))
+    intensity = data_cfg.get("intensity", "percentile") or "none"
+    if intensity == "percentile":
+        steps.append((ScaleIntensityRangePercentilesd, dict(keys=["image"], lower=0.5, upper=99.5, b_min=0.0,
+                                                            b_max=1.0, clip=True)))
+    elif intensity == "minmax":
+        # for masks and small structures, where the 0.5-99.5 percentiles coincide
+        steps.append((ScaleIntensityd, dict(keys=["image"], minv=0.0, maxv=1.0)))
+    elif intensity == "zscore":
+        steps.append((NormalizeIntensityd, dict(keys=["image"], nonzero=True)))
+    elif intensity != "none":  # the data section's schema (transforms/settings.py) admits no other
+        raise ValueError(f"data.intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+    if data_cfg.get("foreground_crop"):
+        # no coordinate keys: items must carry only the documented keys so they collate
+        steps.append((CropForegroundd, dict(keys=keys, source_key="image", select_fn=is_nonzero, margin=2,
+                                            allow_smaller=True, start_coord_key=None, end_coord_key=None,
+                                            allow_missing_keys=True)))
+    size = [int(s) for s in data_cfg["spatial_size"]]
+    fit = data_cfg.get("spatial_fit", "resize")
+    if fit == "resize":
+        steps.append((Resized, dict(keys=keys, spatial_size=size, mode=modes_tri, allow_missing_keys=True)))
+    elif fit == "pad_crop":
+        steps.append((ResizeWithPadOrCropd, dict(keys=keys, spatial_size=size, allow_missing_keys=True)))
+    else:
+        raise ValueError(f"data.spatial_fit must be one of {SPATIAL_FITS}, got {fit!r}")
+    # EnsureTyped, not ToTensord: ToTensord is invertible and would add "<key>_transforms" entries to items
+    steps.append((EnsureTyped, dict(keys=["label", "attrs"], data_type="tensor", track_meta=False,
+                                    allow_missing_keys=True)))
+    return steps
+
+
 def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "mask")) -> Compose:
     """The deterministic part of the pipeline, configured by the ``data`` section.
 
@@ -122,50 +182,7 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
     Returns:
         A Compose mapping ``{"image": path | array, ...}`` to ``{"image": MetaTensor[1,*spatial_size], ...}``.
     """
-    keys = list(keys)
-    modes_lin = ["bilinear" if k == "image" else "nearest" for k in keys]
-    # torch's legacy "nearest" samples floor(i * scale): half an input voxel off the points that
-    # "trilinear" samples, which moved IXI's ventricle masks off the ventricles; "nearest-exact"
-    # samples the same centres as the image
-    modes_tri = ["trilinear" if k == "image" else "nearest-exact" for k in keys]
-    steps: list = [
-        LoadVolumed(keys),
-        # explicit labels: world axes are RAS as nibabel and MONAI define them
-        Orientationd(keys, axcodes="RAS", labels=tuple(zip("LPI", "RAS")), allow_missing_keys=True),
-    ]
-    if data_cfg.get("mask_image"):
-        # on the scan's own grid, before any resampling blurs the mask's edge into the image
-        steps.append(MaskIntensityd("image", mask_key="mask"))
-    if data_cfg.get("spacing"):
-        spacing = data_cfg["spacing"]
-        spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
-        steps.append(Spacingd(keys, pixdim=spacing, mode=modes_lin, allow_missing_keys=True))
-    intensity = data_cfg.get("intensity", "percentile") or "none"
-    if intensity == "percentile":
-        steps.append(ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0,
-                                                     clip=True))
-    elif intensity == "minmax":
-        # for masks and small structures, where the 0.5-99.5 percentiles coincide
-        steps.append(ScaleIntensityd("image", minv=0.0, maxv=1.0))
-    elif intensity == "zscore":
-        steps.append(NormalizeIntensityd("image", nonzero=True))
-    elif intensity != "none":  # the data section's schema (transforms/settings.py) admits no other
-        raise ValueError(f"data.intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
-    if data_cfg.get("foreground_crop"):
-        # no coordinate keys: items must carry only the documented keys so they collate
-        steps.append(CropForegroundd(keys, source_key="image", select_fn=_is_nonzero, margin=2, allow_smaller=True,
-                                     start_coord_key=None, end_coord_key=None, allow_missing_keys=True))
-    size = [int(s) for s in data_cfg["spatial_size"]]
-    fit = data_cfg.get("spatial_fit", "resize")
-    if fit == "resize":
-        steps.append(Resized(keys, spatial_size=size, mode=modes_tri, allow_missing_keys=True))
-    elif fit == "pad_crop":
-        steps.append(ResizeWithPadOrCropd(keys, spatial_size=size, allow_missing_keys=True))
-    else:
-        raise ValueError(f"data.spatial_fit must be one of {SPATIAL_FITS}, got {fit!r}")
-    # EnsureTyped, not ToTensord: ToTensord is invertible and would add "<key>_transforms" entries to items
-    steps.append(EnsureTyped(["label", "attrs"], data_type="tensor", track_meta=False, allow_missing_keys=True))
-    return Compose(steps)
+    return Compose([cls(**kwargs) for cls, kwargs in preprocessing_steps(data_cfg, keys)])
 
 
 def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:

@@ -24,7 +24,7 @@ from medlatent.vqvae3d.features import level_names, volume_features
 from medlatent.vqvae3d.model import VQVAE3d
 from medlatent.vqvae3d.task import VQVAETask
 
-__all__ = ["FAMILY", "NetSection", "LossSection", "build_model", "grid_factor"]
+__all__ = ["FAMILY", "NetSection", "LossSection", "build_model", "model_kwargs", "grid_factor"]
 
 NORMS = ("none", "batch", "instance", "group")
 
@@ -113,10 +113,10 @@ def check(cfg: dict[str, Any]) -> None:
                          f"(the model's downsampling: net.downsample_log2, net.levels)")
 
 
-def build_model(cfg: Mapping[str, Any]) -> VQVAE3d:
-    """The ``VQVAE3d`` the validated ``net`` and ``loss`` sections describe."""
+def model_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``VQVAE3d`` keyword arguments the validated ``net`` and ``loss`` sections describe (plain data)."""
     net, loss, q = cfg["net"], cfg["loss"], cfg["net"]["quantizer"]
-    return VQVAE3d(
+    return dict(
         in_channels=1, channels=_strided_channels(net), embedding_dim=int(net["embedding_dim"]),
         num_codes=net["num_codes"], num_res_units=int(net["num_res_units"]), res_channels=net["res_channels"],
         decoder_channels=net["decoder_channels"], decoder_final_channels=net["decoder_final_channels"],
@@ -124,6 +124,11 @@ def build_model(cfg: Mapping[str, Any]) -> VQVAE3d:
         norm=net["norm"], decay=float(q["decay"]), commitment=float(loss["commitment"]),
         dead_threshold=float(q["dead_threshold"]), kmeans_iters=int(q["kmeans_iters"]), eps=float(q["eps"]),
         channels_last=bool(net["channels_last"]))
+
+
+def build_model(cfg: Mapping[str, Any]) -> VQVAE3d:
+    """The ``VQVAE3d`` the validated ``net`` and ``loss`` sections describe."""
+    return VQVAE3d(**model_kwargs(cfg))
 
 
 def data_range(cfg: Mapping[str, Any]) -> float | None:
@@ -183,5 +188,5 @@ FAMILY = Family(
     features=features,
     evaluation_task=evaluation_task,
     summarize=summarize,
-    commands=("evaluate", "evaluate --prior", "reconstruct", "encode", "train-prior", "sample"),
+    commands=("evaluate", "evaluate --prior", "reconstruct", "encode", "train-prior", "sample", "export"),
 )

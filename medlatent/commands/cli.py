@@ -174,6 +174,13 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from medlatent.commands.export import export
+
+    export(Path(args.run), Path(args.output), fmt=args.format, overwrite=args.overwrite, authors=args.authors)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from medlatent.commands.demo import run_demo
 
@@ -241,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help=MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_reconstruct)
+
+    p = commands.add_parser("export", help="a run as a MONAI bundle (python -m monai.bundle run ...), with TorchScript "
+                            "and a model card")
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("-o", "--output", required=True, help="the bundle folder to write (new or empty, or --overwrite)")
+    p.add_argument("--format", default="bundle", choices=["bundle"], help="export format (default bundle)")
+    p.add_argument("--authors", default="the run's authors (not stated; pass --authors)",
+                   help="authors (and copyright holder) written into the bundle's metadata and model card")
+    p.add_argument("--overwrite", action="store_true", help="replace the folder's contents (never the run)")
+    p.set_defaults(func=_export)
 
     p = commands.add_parser("encode", help="pooled latent features per subject -> CSV")
     p.add_argument("run", help=RUN_HELP)
