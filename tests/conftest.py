@@ -27,6 +27,12 @@ def ixi_dir(data_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def emidec_dir(data_dir: Path) -> Path:
+    """EMIDEC: images/, labels/ (0 background, 1 LV cavity, 2 myocardium, 3 infarct, 4 no-reflow), clinical.csv."""
+    return data_dir / "emidec"
+
+
+@pytest.fixture(scope="session")
 def ixi_t1(ixi_dir: Path) -> Path:
     """A real IXI T1 stored in P,S,R order (not RAS): outputs must come back on its grid."""
     return ixi_dir / "T1" / "IXI012-HH-1211_T1.nii.gz"

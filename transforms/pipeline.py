@@ -38,12 +38,14 @@ from monai.transforms import (
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
+    RandRotate90d,
     RandTorchIOd,
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRangePercentilesd,
     ScaleIntensityd,
     Spacingd,
+    Zoomd,
 )
 
 from medlatent.errors import InputError
@@ -134,6 +136,14 @@ def preprocessing_steps(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("ima
         spacing = data_cfg["spacing"]
         spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
         steps.append((Spacingd, dict(keys=keys, pixdim=spacing, mode=modes_lin, allow_missing_keys=True)))
+    if data_cfg.get("mask_crop_margin") is not None:
+        # the label map's box, before intensity scaling, so the percentiles are those of the box
+        steps.append((CropForegroundd, dict(keys=keys, source_key="mask", select_fn=is_nonzero,
+                                            margin=int(data_cfg["mask_crop_margin"]), allow_smaller=True,
+                                            start_coord_key=None, end_coord_key=None, allow_missing_keys=True)))
+    if data_cfg.get("zoom"):
+        steps.append((Zoomd, dict(keys=keys, zoom=[float(z) for z in data_cfg["zoom"]], mode=modes_tri,
+                                  keep_size=False, allow_missing_keys=True)))
     intensity = data_cfg.get("intensity", "percentile") or "none"
     if intensity == "percentile":
         steps.append((ScaleIntensityRangePercentilesd, dict(keys=["image"], lower=0.5, upper=99.5, b_min=0.0,
@@ -169,8 +179,9 @@ def preprocessing(data_cfg: Mapping[str, Any], keys: Sequence[str] = ("image", "
 
     Load -> channel first -> Orientation RAS -> image * (mask > 0) (``data.mask_image``, e.g. a
     brain mask for skull-stripping; every item then needs a mask on the image's grid) -> Spacing
-    (``data.spacing`` mm, optional) -> intensity (``data.intensity``: percentile 0.5-99.5 -> [0,1]
-    clipped | minmax -> [0,1] | zscore on nonzero voxels | none; image only) -> CropForeground
+    (``data.spacing`` mm, optional) -> crop to the mask's bounding box plus ``data.mask_crop_margin``
+    voxels (optional; needs a mask) -> Zoom by ``data.zoom`` per axis (optional) -> intensity
+    (``data.intensity``: percentile 0.5-99.5 -> [0,1] clipped | minmax -> [0,1] | zscore on nonzero voxels | none; image only) -> CropForeground
     (``data.foreground_crop``) -> Resize to ``data.spatial_size`` (trilinear image, nearest-exact
     mask) or, with ``data.spatial_fit: pad_crop``, ResizeWithPadOrCrop.
 
@@ -193,7 +204,8 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
     without scaling, for runs whose attributes are volumes or sizes that a rescaled scan would
     contradict. ``bias_field``: torchio
     ``RandomBiasField`` (coefficients 0.3, order 3), p=0.5, MRI intensity inhomogeneity.
-    ``noise``: Gaussian noise, std 0.05 (in normalised units), p=0.5.
+    ``noise``: Gaussian noise, std 0.05 (in normalised units), p=0.5. ``rotate90``: 1-3 quarter
+    turns in axes 0-1 (in-plane for short-axis stacks), p=0.5; needs a square in-plane grid.
 
     Randomness: MONAI transforms use their ``RandomState`` (reseeded from torch by
     ``monai.data.DataLoader``, or ``Compose.set_random_state(seed)``); torchio uses torch's
@@ -215,6 +227,9 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Compose | None:
                                      padding_mode="zeros", allow_missing_keys=True))
         elif name == "bias_field":
             steps.append(RandTorchIOd(["image"], "RandomBiasField", coefficients=0.3, order=3, p=0.5))
+        elif name == "rotate90":
+            # quarter turns in the first two axes (the in-plane axes of a slice stack); exact, no interpolation
+            steps.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True))
         elif name == "noise":
             steps.append(RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.05))
         else:
@@ -229,18 +244,29 @@ def _volume_keys(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
 def preprocessing_hash(data_cfg: Mapping[str, Any]) -> str:
     """A short hash of the keys that change preprocessed tensors (names the disk-cache folder)."""
     relevant = {k: data_cfg.get(k) for k in ("spatial_size", "spacing", "intensity", "foreground_crop", "spatial_fit",
-                                             "mask_image")}
+                                             "mask_image", "mask_crop_margin", "zoom")}
     relevant["version"] = PIPELINE_VERSION
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def needs_mask(data_cfg: Mapping[str, Any]) -> str | None:
+    """The data key that makes every scan need its mask (``mask_image``, ``mask_crop_margin``), or None."""
+    if data_cfg.get("mask_image"):
+        return "mask_image"
+    if data_cfg.get("mask_crop_margin") is not None:
+        return "mask_crop_margin"
+    return None
+
+
 def check_masks(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, Any]) -> None:
-    """With ``data.mask_image`` every record needs a mask; InputError naming the subjects without one."""
-    if not data_cfg.get("mask_image"):
+    """With ``data.mask_image`` or ``data.mask_crop_margin`` every record needs a mask; InputError naming
+    the subjects without one."""
+    key = needs_mask(data_cfg)
+    if key is None:
         return
     missing = [str(r.get("subject", "?")) for r in records if r.get("mask") is None]
     if missing:
-        raise InputError(f"config key 'data.mask_image' is set but {len(missing)} subject(s) have no mask "
+        raise InputError(f"config key 'data.{key}' is set but {len(missing)} subject(s) have no mask "
                          f"(data.masks or a manifest 'mask' column): {missing[:10]}")
 
 
@@ -302,10 +328,10 @@ def load_volume(path: str | Path, data_cfg: Mapping[str, Any], mask: str | Path 
     item: dict[str, Any] = {"image": str(path), "subject": _stem(path)}
     if not isinstance(mask, (str, os.PathLike)) or not str(mask):
         mask = None  # a manifest's empty 'mask' cell reads as NaN
-    if data_cfg.get("mask_image"):
+    if needs_mask(data_cfg):
         if mask is None:
-            raise InputError(f"{path}: this run was trained on masked images (data.mask_image, e.g. skull-stripped "
-                             f"by a brain mask); give the scan's mask (--mask, or a manifest 'mask' column)")
+            raise InputError(f"{path}: this run was trained on masked or mask-cropped images (data.mask_image, "
+                             f"data.mask_crop_margin); give the scan's mask (--mask, or a manifest 'mask' column)")
         mask = Path(mask).expanduser()
         if not mask.is_file():
             raise InputError(f"{mask}: mask not found")

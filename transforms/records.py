@@ -23,7 +23,7 @@ from medlatent.io import atomic_path
 from medlatent.transforms.attributes import STATISTICS, shape_statistics
 from medlatent.transforms.manifest import build_manifest, read_manifest
 from medlatent.transforms.medmnist import MASK_THRESHOLD, load_npz
-from medlatent.transforms.splits import SPLITS, assign_splits
+from medlatent.transforms.splits import SPLITS, assign_folds, assign_splits
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,9 @@ def load_split_records(data_cfg: Mapping[str, Any]) -> tuple[dict[str, list[dict
     "subject": str}``.
 
     Labels come from ``data.label`` (a column name), else from a ``label`` column when there is one.
-    Splits come from a ``split`` column (it wins), the npz's official splits, or
-    :func:`transforms.splits.assign_splits` with ``data.split`` (stratified by label).
+    Splits come from a ``split`` column (it wins), the npz's official splits, or ``data.split``
+    (stratified by label): :func:`transforms.splits.assign_folds` when it names ``folds`` (fold
+    ``fold`` is the test part), else :func:`transforms.splits.assign_splits`.
 
     Returns:
         ``({"train": [...], "val": [...], "test": [...]}, DataInfo)``.
@@ -199,10 +200,15 @@ def load_split_records(data_cfg: Mapping[str, Any]) -> tuple[dict[str, list[dict
             raise InputError(f"{source}: column 'split' must be one of {list(SPLITS)}; bad values at {_rows(df, wrong)}")
     else:
         split_cfg = dict(data_cfg.get("split") or {})
+        subjects, strata = df["subject"].tolist(), None if labels is None else labels.tolist()
+        val, seed = float(split_cfg.get("val", 0.1)), int(split_cfg.get("seed", 0))
         try:
-            splits = pd.Series(assign_splits(df["subject"].tolist(), None if labels is None else labels.tolist(),
-                                             val=float(split_cfg.get("val", 0.1)), test=float(split_cfg.get("test", 0.1)),
-                                             seed=int(split_cfg.get("seed", 0))), index=df.index)
+            if split_cfg.get("folds"):
+                assigned = assign_folds(subjects, strata, folds=int(split_cfg["folds"]),
+                                        fold=int(split_cfg.get("fold", 0)), val=val, seed=seed)
+            else:
+                assigned = assign_splits(subjects, strata, val=val, test=float(split_cfg.get("test", 0.1)), seed=seed)
+            splits = pd.Series(assigned, index=df.index)
         except ValueError as err:
             raise InputError(f"config key 'data.split': {err}") from None
 

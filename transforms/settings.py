@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medlatent.config import Section
 
@@ -18,7 +18,7 @@ __all__ = ["DataSection", "SplitSection", "TableSpec", "INTENSITY_MODES", "SPATI
 
 INTENSITY_MODES = ("percentile", "minmax", "zscore", "none")
 SPATIAL_FITS = ("resize", "pad_crop")
-AUGMENTATIONS = ("flip", "affine", "rigid", "bias_field", "noise")
+AUGMENTATIONS = ("flip", "affine", "rigid", "bias_field", "noise", "rotate90")
 CACHE_MODES = ("memory", "disk", "none")
 
 
@@ -31,11 +31,21 @@ class TableSpec(Section):
 
 
 class SplitSection(Section):
-    """``data.split``: fractions of subjects held out for validation and test, and the seed."""
+    """``data.split``: fractions of subjects held out for validation and test, and the seed; or, with
+    ``folds``, fold ``fold`` of a stratified K-fold cross-validation (``test`` is then unused and
+    ``val`` is carved from the training folds)."""
 
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)
+    folds: int | None = Field(None, ge=2)
+    fold: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "SplitSection":
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold must be below folds ({self.folds}), got {self.fold}")
+        return self
 
 
 class DataSection(Section):
@@ -48,6 +58,12 @@ class DataSection(Section):
     # multiply each image by its mask (> 0) before anything else: skull-stripping with a brain mask
     mask_image: bool = False
     tables: list[TableSpec] = []
+    # crop every volume to its mask's bounding box (> 0) plus this margin in voxels, on the scan's grid:
+    # a heart box from the label map for EMIDEC's 256x256 slices
+    mask_crop_margin: int | None = Field(None, ge=0)
+    # fixed zoom factor per axis after that crop (0.5 = half the voxels); a fixed factor keeps sizes
+    # comparable between subjects, which a resize to spatial_size would not
+    zoom: list[float] | None = Field(None, min_length=3, max_length=3)
     spatial_size: list[int] = Field([64, 64, 48], min_length=3, max_length=3)
     spatial_fit: Literal[SPATIAL_FITS] = "resize"  # type: ignore[valid-type]
     spacing: float | list[float] | None = None
@@ -66,6 +82,13 @@ class DataSection(Section):
     def _positive_sizes(cls, value: list[int]) -> list[int]:
         if any(size < 1 for size in value):
             raise ValueError("every size must be a positive integer")
+        return value
+
+    @field_validator("zoom")
+    @classmethod
+    def _positive_zoom(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not v > 0 for v in value):
+            raise ValueError("every zoom factor must be positive")
         return value
 
     @field_validator("spacing")

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_data_check)
     p = data.add_parser("attributes", help="SimpleITK shape statistics of label groups in the masks")
     p.add_argument("manifest", help="a manifest CSV whose 'mask' column holds label maps")
-    p.add_argument("--labels", nargs="+", required=True, metavar="NAME=L1,L2", help="e.g. ventricles=51,52")
+    p.add_argument("--labels", nargs="+", required=True, metavar="NAME=L1,L2",
+                   help="e.g. ventricles=51,52; NAME=OUTER:INNER measures a wall's thickness, e.g. wall=1,2,3,4:1")
     p.add_argument("-o", "--output", required=True, help="the CSV of attributes to write")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_data_attributes)

@@ -267,3 +267,75 @@ def test_array_records_pass_through_with_identity_affine() -> None:
     assert torch.equal(item["image"].as_tensor(), torch.from_numpy(volume))  # RAS identity: nothing moves
     assert torch.equal(item["image"].affine, torch.eye(4, dtype=torch.float64))
     assert item["mask"].dtype == torch.float32 and item["mask"].sum() == 75
+
+
+EMIDEC_CFG = {"mask_image": True, "mask_crop_margin": 8, "zoom": [0.5, 0.5, 1.0], "spatial_fit": "pad_crop",
+              "spatial_size": [64, 64, 16], "intensity": "percentile", "augment": []}
+
+
+def _stack(tmp_path: Path, name: str, array: np.ndarray) -> str:
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+    return str(path)
+
+
+def test_mask_crop_and_zoom_keep_the_mask_on_the_image_grid(tmp_path: Path) -> None:
+    # a 256x256x6 stack whose "heart" is a 40x30 box at a known place: the crop takes the box + 8,
+    # the zoom halves it in-plane, labels stay integers (nearest) on the image's grid
+    labels = np.zeros((256, 256, 6), np.uint8)
+    labels[100:140, 60:90, 1:5] = 2
+    labels[110:130, 70:80, 1:5] = 1
+    image = np.where(labels > 0, 100.0 + 50 * (labels == 2), 30.0).astype(np.float32)
+    item = preprocessing(EMIDEC_CFG)({"image": _stack(tmp_path, "img", image),
+                                      "mask": _stack(tmp_path, "lab", labels), "subject": "s"})
+    assert item["image"].shape == item["mask"].shape == (1, 64, 64, 16)
+    mask = item["mask"][0]
+    assert set(torch.unique(mask).tolist()) == {0, 1, 2}
+    # a fixed factor: (40 + 16) / 2 = 28 rows and (30 + 16) / 2 = 23 columns of box, labels 20 x 15 x 4
+    assert int((mask > 0).sum()) == pytest.approx(20 * 15 * 4, rel=0.02)
+    assert float(item["image"][0][mask == 0].abs().max()) == 0  # mask_image: background gone
+    assert float(item["image"][0][mask == 2].mean()) > float(item["image"][0][mask == 1].mean())
+    # the box is taken from the mask, so the same mask with a different image gives the same grid
+    shifted = preprocessing(EMIDEC_CFG)({"image": _stack(tmp_path, "img2", image * 2),
+                                         "mask": _stack(tmp_path, "lab", labels), "subject": "s"})
+    assert torch.equal(shifted["mask"], item["mask"])
+
+
+def test_mask_crop_needs_a_mask(tmp_path: Path) -> None:
+    cfg = {**EMIDEC_CFG, "mask_image": False}
+    path = _stack(tmp_path, "img", np.ones((32, 32, 4), np.float32))
+    with pytest.raises(InputError, match="data.mask_crop_margin"):
+        make_dataset([{"image": path, "subject": "s"}], cfg, train=False)
+    with pytest.raises(InputError, match="--mask"):
+        load_volume(path, cfg)
+
+
+def test_emidec_cases_come_out_as_heart_boxes(emidec_dir: Path) -> None:
+    for case in ("Case_N006", "Case_P001", "Case_P002"):
+        record = {"image": str(emidec_dir / "images" / f"{case}.nii.gz"),
+                  "mask": str(emidec_dir / "labels" / f"{case}.nii.gz"), "subject": case}
+        raw = nib.load(record["mask"]).get_fdata()
+        item = preprocessing(EMIDEC_CFG)(record)
+        assert item["image"].shape == item["mask"].shape == (1, 64, 64, 16)
+        mask = item["mask"][0]
+        assert set(torch.unique(mask).tolist()) == set(np.unique(raw).tolist())  # all labels kept, nearest
+        # halving in-plane leaves a quarter of the labelled voxels (the largest heart loses a little to the crop)
+        assert int((mask > 0).sum()) == pytest.approx((raw > 0).sum() / 4, rel=0.1)
+        assert float(item["image"].max()) == pytest.approx(1.0) and float(item["image"][0][mask > 0].mean()) > 0.1
+
+
+def test_rotate90_keeps_the_mask_and_moves_it(tmp_path: Path) -> None:
+    labels = np.zeros((64, 64, 8), np.uint8)
+    labels[10:30, 20:25, 2:6] = 1
+    record = {"image": _stack(tmp_path, "img", labels.astype(np.float32)), "mask": _stack(tmp_path, "lab", labels),
+              "subject": "s"}
+    cfg = {"spatial_fit": "pad_crop", "spatial_size": [64, 64, 8], "intensity": "none", "augment": ["rotate90"]}
+    train = make_dataset([record], cfg, train=True)
+    masks = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        masks.append(next(iter(DataLoader(train, batch_size=1)))["mask"][0, 0])
+    assert all(int(m.sum()) == int(labels.sum()) for m in masks)
+    assert any(not torch.equal(m, masks[0]) for m in masks)
+    # in-plane only: every draw labels the same slices
+    assert all(torch.equal(m.sum((0, 1)), masks[0].sum((0, 1))) for m in masks)

@@ -98,3 +98,19 @@ def test_npz_records_with_shape_attributes_cached(data_dir: Path, tmp_path: Path
 def test_no_source_is_an_input_error() -> None:
     with pytest.raises(InputError, match="data.manifest"):
         load_split_records({})
+
+
+def test_emidec_folds_from_data_split(emidec_dir: Path) -> None:
+    # data.split {folds, fold}: fold k tested, a stratified val part from the other folds; over the
+    # five folds every EMIDEC case is tested once
+    cfg = {"images": str(emidec_dir / "images" / "*.nii.gz"), "masks": str(emidec_dir / "labels" / "*.nii.gz"),
+           "tables": [{"path": str(emidec_dir / "clinical.csv"), "id_column": "subject"}], "label": "label"}
+    tested = []
+    for fold in range(5):
+        records, info = load_split_records({**cfg, "split": {"folds": 5, "fold": fold, "val": 0.1, "seed": 0}})
+        assert info.counts == {"train": 70, "val": 10, "test": 20}
+        names = {split: {r["subject"] for r in rs} for split, rs in records.items()}
+        assert not (names["train"] & names["test"]) and not (names["val"] & names["test"])
+        assert sum(r["label"] for r in records["test"]) in (13, 14)  # 67 % infarction in each fold
+        tested += names["test"]
+    assert len(tested) == len(set(tested)) == 100
