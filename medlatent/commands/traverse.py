@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from medlatent.attrivae.attributes import AttributeMap
-from medlatent.attrivae.traversal import decode_latents, fit_calibration, interpolate_latents, traverse_latents
+from medlatent.attrivae.traversal import (decode_latents, fit_calibration, interpolate_latents, step_labels,
+                                          traverse_latents)
 from medlatent.commands.inputs import as_batch, load_input
 from medlatent.commands.outputs import check_output_folder, write_volume
 from medlatent.commands.runs import LoadedRun, load_run
@@ -94,7 +95,9 @@ def traverse(run: str | Path, input: str | Path, attribute: str, steps: int = 9,
 
     Writes ``OUT/step_XX.nii.gz`` (input geometry), ``OUT/grid.png`` (steps x three mid-slices,
     each row labelled with the latent value and the attribute value it corresponds to on the
-    training split) and ``OUT/steps.csv``. ``mask``: the scan's mask, needed when the run was
+    training split: the linear fit clipped to the training range, so never a value no training
+    scan had, such as a negative volume; clipped labels read "<=" or ">=") and ``OUT/steps.csv``
+    (``clipped`` marks them). ``mask``: the scan's mask, needed when the run was
     trained with ``data.mask_image``.
     """
     _check_steps(steps)
@@ -103,17 +106,21 @@ def traverse(run: str | Path, input: str | Path, attribute: str, steps: int = 9,
         raise InputError(f"--range: expected two different finite numbers, got {low} {high}")
     out = check_output_folder(out, _step_files(int(steps)), [input, mask], overwrite)
     state = load_run(run, "traverse")
-    dim = AttributeMap.load(state.run).dim_of(attribute)
+    amap = AttributeMap.load(state.run)
+    dim = amap.dim_of(attribute)
     item = load_input(state, input, mask)
     mu = _mu(state, item)
     values = torch.linspace(low, high, int(steps))
     volumes = decode_latents(state.model, traverse_latents(mu, dim, values))
     fit = calibration(state).get(attribute, {})
+    column = amap.names.index(attribute)
+    lowest, highest = amap.minimum[column], amap.maximum[column]
+    labels, clipped = step_labels(values.tolist(), fit, lowest, highest)
     rows, titles = [], []
-    for i, value in enumerate(values.tolist()):
-        estimate = fit.get("slope", float("nan")) * value + fit.get("intercept", float("nan")) if fit else float("nan")
-        rows.append({"step": i, "z": value, attribute: estimate, "file": f"step_{i:02d}.nii.gz"})
-        titles.append(f"z={value:+.2f}" + (f"\n{attribute}~{estimate:.4g}" if math.isfinite(estimate) else ""))
+    for i, (value, estimate, edge) in enumerate(zip(values.tolist(), labels, clipped)):
+        rows.append({"step": i, "z": value, attribute: estimate, "clipped": bool(edge), "file": f"step_{i:02d}.nii.gz"})
+        sign = ("<=" if estimate <= lowest else ">=") if edge else "~"
+        titles.append(f"z={value:+.2f}" + (f"\n{attribute}{sign}{estimate:.4g}" if math.isfinite(estimate) else ""))
     r2 = fit.get("r2") if fit else None
     note = f" (linear fit on train, R2 {r2:.2f})" if r2 is not None and math.isfinite(r2) else ""
     _write_steps(state, item, volumes, titles, out,

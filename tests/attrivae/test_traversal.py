@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from medlatent.attrivae.traversal import fit_calibration, interpolate_latents, traverse_latents
+from medlatent.attrivae.traversal import (fit_calibration, interpolate_latents, measure_traversal, step_labels,
+                                          traverse_latents)
+from medlatent.transforms.phantoms import measure_phantom
 
 
 def test_traverse_moves_only_the_chosen_dim():
@@ -22,3 +24,64 @@ def test_calibration_recovers_a_linear_map():
     z = np.linspace(-2, 2, 20)
     fit = fit_calibration(z, 3 * z + 7)
     assert fit["slope"] == pytest.approx(3) and fit["intercept"] == pytest.approx(7) and fit["r2"] == pytest.approx(1)
+
+
+def test_step_labels_never_leave_the_training_range():
+    # a steep fit through the origin would promise negative volumes at z = -3
+    labels, clipped = step_labels(np.linspace(-3, 3, 9), {"slope": 4000.0, "intercept": 5000.0}, 2000.0, 11000.0)
+    assert labels.min() >= 2000.0 and labels.max() <= 11000.0
+    assert clipped.tolist() == [True, True, True, False, False, False, False, True, True]  # -7000 .. 17000
+    labels, clipped = step_labels([0.0, 1.0], {}, 1.0, 2.0)
+    assert np.isnan(labels).all() and not clipped.any()
+
+
+class _Shells(torch.nn.Module):
+    """A stand-in decoder with a known answer: dim 0 sets the cavity radius, dim 1 nothing (or the wall)."""
+
+    def __init__(self, leak: float = 0.0) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.leak = leak
+
+    def encode(self, x):
+        return torch.zeros(len(x), 4), torch.zeros(len(x), 4)
+
+    def decode(self, z):
+        grid = torch.stack(torch.meshgrid(*[torch.arange(32.0)] * 3, indexing="ij")) - 15.5
+        radius = grid.norm(dim=0)
+        out = []
+        for row in z:
+            cavity = 6.0 + row[0]
+            thickness = 2.5 + self.leak * row[0] + 0.5 * row[1]
+            image = torch.full((32, 32, 32), 0.05)
+            image[radius < cavity + thickness] = 0.5
+            image[radius < cavity] = 1.0
+            out.append(image[None])
+        return torch.stack(out)
+
+
+def _amap():
+    from medlatent.attrivae.attributes import AttributeMap
+
+    return AttributeMap(names=["cavity_volume_mm3", "wall_thickness_mm"], regularized=["cavity_volume_mm3",
+                        "wall_thickness_mm"], dims=[0, 1], minimum=[0.0, 0.0], maximum=[1.0, 1.0], latent_dim=4)
+
+
+def _measure(volumes):
+    rows = [measure_phantom(v[0].numpy(), (2.0, 2.0, 2.0)) for v in volumes]
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+@pytest.mark.parametrize("leak", [0.0, 1.0])
+def test_measured_traversal_finds_the_attribute_and_its_leak(leak):
+    sd = {"cavity_volume_mm3": 2000.0, "wall_thickness_mm": 1.0}
+    result = measure_traversal(_Shells(leak), torch.zeros(2, 1, 32, 32, 32), _amap(), _measure, sd, steps=5,
+                               value_range=(-2.0, 2.0))
+    cavity = result["cavity_volume_mm3"]
+    assert cavity["spearman"] == pytest.approx(1.0) and cavity["subjects"] == 2
+    if leak:  # the wall thickens with the cavity: a visible off-target change
+        assert cavity["off_target"] > 0.3
+    else:
+        assert cavity["off_target"] < 0.1
+    # moving dim 1 moves the wall only
+    assert result["wall_thickness_mm"]["spearman"] > 0.9

@@ -22,6 +22,12 @@ def test_traversal_steps_keep_the_input_geometry(trained_run, tmp_path, scan, re
     steps = pd.read_csv(out / "steps.csv")
     assert steps["z"].tolist() == [-2, 0, 2]
     assert steps["cavity_volume_mm3"].notna().all()
+    # step labels never leave the training range (no negative volume at the ends of the axis)
+    from medlatent.attrivae.attributes import AttributeMap
+
+    amap = AttributeMap.load(trained_run)
+    column = amap.names.index("cavity_volume_mm3")
+    assert steps["cavity_volume_mm3"].between(amap.minimum[column], amap.maximum[column]).all()
     assert (out / "grid.png").stat().st_size > 0
 
 

@@ -52,3 +52,17 @@ def test_same_seed_same_files(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(a, b)
     assert np.array_equal(nib.load(tmp_path / "a" / a["image"][2]).get_fdata(),
                           nib.load(tmp_path / "b" / b["image"][2]).get_fdata())
+
+
+def test_measure_phantom_reads_the_ground_truth_from_intensities() -> None:
+    from medlatent.transforms.phantoms import measure_phantom, phantom
+
+    for i in range(6):  # label 0: no lesion; the thresholds find cavity and wall exactly up to noise
+        image, _, truth = phantom((32, 32, 32), np.random.default_rng([0, 2 * i]), 0)
+        measured = measure_phantom(image)
+        assert abs(measured["cavity_volume_mm3"] / truth["cavity_volume_mm3"] - 1) < 0.05
+        assert abs(measured["wall_thickness_mm"] - truth["wall_thickness_mm"]) < 0.5
+        # the same in model units: scaled intensities, and a blank volume has nothing
+        scaled = measure_phantom(image / image.max())
+        assert scaled["cavity_volume_mm3"] == measured["cavity_volume_mm3"]
+    assert measure_phantom(np.zeros((8, 8, 8))) == {"cavity_volume_mm3": 0.0, "wall_thickness_mm": 0.0}
