@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from monai.data.utils import create_file_basename
+from monai.networks import eval_mode
 from monai.transforms import MapTransform
 
 from medlatent.attrivae.attention import grad_cam
@@ -94,7 +95,8 @@ class SaveLatentd(MapTransform):
             image = d[key]
             source = str(image.meta.get("filename_or_obj", "scan"))
             x = image.as_tensor()[None].float().to(next(self.network.parameters()).device)
-            with torch.no_grad():
+            # eval_mode: an evaluator hands the network back in its previous (training) mode before postprocessing
+            with eval_mode(self.network):
                 mu = self.network.encode(x)[0]
                 record: dict[str, Any] = {"image": source, "latent_mean": mu[0].cpu().tolist(),
                                           "regularized": self.regularized}

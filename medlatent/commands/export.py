@@ -276,6 +276,88 @@ REFERENCES = {
 }
 
 
+# --- inference.json ---------------------------------------------------------------------------------------
+
+def _transform_config(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One preprocessing step as a config component: MONAI's by class name, medlatent's by dotted path.
+
+    Functions (``select_fn``) become expressions over the names the config's ``imports`` bring in.
+    """
+    target = cls.__name__ if cls.__module__.startswith("monai.") else _class_path(cls)
+    values = {k: f"${v.__name__}" if callable(v) else v for k, v in kwargs.items()}
+    return {"_target_": target, **values}
+
+
+def _imports(steps: list[tuple[type, dict[str, Any]]]) -> list[str]:
+    functions = {(v.__module__, v.__name__) for _, kw in steps for v in kw.values() if callable(v)}
+    return ["$import os", "$import torch"] + [f"$from {m} import {n}" for m, n in sorted(functions)]
+
+
+def _write_steps(output: Output) -> list[dict[str, Any]]:
+    """Invert one channel to the input's geometry (MONAI ``Invertd``), clip it to its range, write it (``SaveImaged``)."""
+    key = f"pred_{output.name}"
+    steps: list[dict[str, Any]] = [
+        {"_target_": "Invertd", "keys": key, "transform": "@preprocessing", "orig_keys": "image",
+         "nearest_interp": output.nearest, "to_tensor": True}]
+    if output.value_range is not None:
+        low, high = output.value_range
+        # as `medlatent attention` clips its maps after resampling (outputs.write_volume's value_range)
+        steps.append({"_target_": "ThresholdIntensityd", "keys": key, "threshold": low, "above": True, "cval": low})
+        steps.append({"_target_": "ThresholdIntensityd", "keys": key, "threshold": high, "above": False, "cval": high})
+    steps.append({"_target_": "SaveImaged", "keys": key, "output_dir": "@output_dir", "output_postfix": output.name,
+                  "output_ext": ".nii.gz", "output_dtype": f"$numpy.{output.dtype}", "resample": False,
+                  "separate_folder": False, "squeeze_end_dims": True, "print_log": False})
+    return steps
+
+
+def inference_config(state: LoadedRun, spec: BundleSpec, bundle_root: Path) -> dict[str, Any]:
+    """``configs/inference.json``: ``input`` (a scan) -> the run's preprocessing -> network -> outputs in ``output_dir``.
+
+    The preprocessing is the run's (``transforms.pipeline.preprocessing_steps`` of its ``data``
+    section), as the same MONAI transforms; every output is inverted to the input's grid and
+    affine by ``Invertd`` over that preprocessing and written by ``SaveImaged``.
+    """
+    from medlatent.transforms.pipeline import preprocessing_steps
+
+    masked = bool(state.data_cfg.get("mask_image"))
+    steps = preprocessing_steps(state.data_cfg, keys=("image", "mask") if masked else ("image",))
+    datalist = "$[{'image': @input, 'mask': @mask}]" if masked else "$[{'image': @input}]"
+    post: list[dict[str, Any]] = [
+        {"_target_": "EnsureTyped", "keys": "pred", "track_meta": True},
+        {"_target_": "SplitDimd", "keys": "pred", "output_postfixes": [o.name for o in spec.outputs], "dim": 0,
+         "keepdim": True, "update_meta": False},
+        *spec.extra_postprocessing,
+    ]
+    for output in spec.outputs:
+        post.extend(_write_steps(output))
+    config: dict[str, Any] = {
+        "imports": _imports(steps),
+        "bundle_root": str(bundle_root),
+        "input": "scan.nii.gz",
+        **({"mask": "mask.nii.gz"} if masked else {}),
+        "output_dir": "out",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "network_def": network_def(spec),
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [_transform_config(c, kw) for c, kw in steps]},
+        "datalist": datalist,
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": post},
+        "handlers": [{"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+                      "map_location": "@device", "strict": True}],
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                      "val_handlers": "@handlers", "amp": False},
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@evaluator.run()"],
+    }
+    return config
+
+
 # --- the folder -------------------------------------------------------------------------------------------
 
 def check_bundle_folder(out: Path, run: Path, overwrite: bool) -> None:
@@ -321,7 +403,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "bundle", overwrite: boo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        write_bundle(state, spec, tmp, authors)
+        write_bundle(state, spec, tmp, authors, out.resolve())
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -337,13 +419,14 @@ def run_command(bundle: Path, input: str = "scan.nii.gz", output_dir: str = "out
             f"{config / 'metadata.json'} --input {input} --output_dir {output_dir}")
 
 
-def write_bundle(state: LoadedRun, spec: BundleSpec, folder: Path, authors: str) -> None:
-    """Every file of the bundle into ``folder`` (which exists)."""
+def write_bundle(state: LoadedRun, spec: BundleSpec, folder: Path, authors: str, bundle_root: Path) -> None:
+    """Every file of the bundle into ``folder`` (which exists), whose final place is ``bundle_root``."""
     net = bundle_network(state, spec)
     (folder / "models").mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), folder / "models" / "model.pt")
     metadata = build_metadata(state, spec, authors)
     _write_json(folder / "configs" / "metadata.json", metadata)
+    _write_json(folder / "configs" / "inference.json", inference_config(state, spec, bundle_root))
     card = model_card(state, spec, metadata)
     (folder / "docs").mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "docs" / "README.md", card)
