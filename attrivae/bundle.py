@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from monai.data.utils import create_file_basename
 from monai.networks import eval_mode
 from monai.transforms import MapTransform
@@ -25,7 +26,7 @@ from medlatent.attrivae.attention import grad_cam
 from medlatent.attrivae.model import AttriVAE
 from medlatent.io import write_text_atomic
 
-__all__ = ["AttriVAEBundleNet", "SaveLatentd", "class_probabilities"]
+__all__ = ["AttriVAEBundleNet", "AttriVAETraceable", "SaveLatentd", "class_probabilities"]
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -107,3 +108,26 @@ class SaveLatentd(MapTransform):
             Path(self.output_dir).mkdir(parents=True, exist_ok=True)
             write_text_atomic(f"{stem}.json", json.dumps(record, indent=1) + "\n")
         return d
+
+
+class AttriVAETraceable(nn.Module):
+    """The scriptable part of an ``AttriVAE``, for ``models/model.ts`` (``torch.jit.trace_module``).
+
+    ``forward(x [B, 1, D, H, W]) -> reconstruction [B, 1, D, H, W]`` (decoded latent mean),
+    ``encode(x) -> (mu, logvar)`` ``[B, L]`` each, ``classify(mu [B, L]) -> logits [B, K]``.
+    The attention maps are left out: captum computes them with autograd hooks on an encoder
+    layer, which a trace does not record.
+    """
+
+    def __init__(self, model: AttriVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(self.model.encode(x)[0])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(x)
+
+    def classify(self, mu: torch.Tensor) -> torch.Tensor:
+        return self.model.classify(mu)

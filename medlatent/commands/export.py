@@ -24,6 +24,7 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -80,6 +81,8 @@ class BundleSpec:
     extra_postprocessing: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     extra_outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # non-voxel outputs
     torchscript: str = ""            # what models/model.ts holds, and what could not be scripted
+    #: ``(bundle network, example input [1, 1, D, H, W]) -> traced module`` for models/model.ts
+    trace: Callable[[nn.Module, torch.Tensor], torch.jit.ScriptModule] | None = None
     required_packages: tuple[str, ...] = ()
 
 
@@ -106,8 +109,9 @@ def _vqvae3d_spec(state: LoadedRun) -> BundleSpec:
         description=(f"A {state.model.levels}-level 3D VQ-VAE (medlatent vqvae3d) trained on "
                      f"{state.data_cfg['spatial_size']} volumes. For each input scan it writes the reconstruction and "
                      "the code grid(s) as label maps, both in the input's own grid and affine."),
-        torchscript="the whole network (reconstruction and code grids), traced with torch.jit.trace",
-        required_packages=("nibabel",))
+        torchscript="the whole network (forward(x) -> the reconstruction and code grids stacked on channels, as "
+                    "network_def), traced with torch.jit.trace",
+        trace=lambda net, x: torch.jit.trace(net, x), required_packages=("nibabel",))
 
 
 def _attrivae_spec(state: LoadedRun) -> BundleSpec:
@@ -159,7 +163,17 @@ def _attrivae_spec(state: LoadedRun) -> BundleSpec:
                      "encode(x) -> (mu, logvar), classify(mu) -> logits, traced with torch.jit.trace. The attention "
                      "maps are not in it: they are computed by captum with autograd hooks on an encoder layer, "
                      "which TorchScript cannot record"),
-        required_packages=("nibabel", "captum"))
+        trace=_trace_attrivae, required_packages=("nibabel", "captum"))
+
+
+def _trace_attrivae(net: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    from medlatent.attrivae.bundle import AttriVAETraceable
+
+    mu = net.encode(x)[0].detach()
+    methods = {"forward": x, "encode": x}
+    if net.classifier is not None:
+        methods["classify"] = mu
+    return torch.jit.trace_module(AttriVAETraceable(net).eval(), methods)
 
 
 SPECS: dict[str, Callable[[LoadedRun], BundleSpec]] = {"vqvae3d": _vqvae3d_spec, "attrivae": _attrivae_spec}
@@ -426,13 +440,34 @@ def write_bundle(state: LoadedRun, spec: BundleSpec, folder: Path, authors: str,
     torch.save(net.state_dict(), folder / "models" / "model.pt")
     metadata = build_metadata(state, spec, authors)
     _write_json(folder / "configs" / "metadata.json", metadata)
-    _write_json(folder / "configs" / "inference.json", inference_config(state, spec, bundle_root))
+    inference = inference_config(state, spec, bundle_root)
+    _write_json(folder / "configs" / "inference.json", inference)
+    write_torchscript(net, spec, state.data_cfg, folder / "models" / "model.ts", metadata, inference)
     card = model_card(state, spec, metadata)
     (folder / "docs").mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "docs" / "README.md", card)
     license_text = _license_text()
     write_text_atomic(folder / "LICENSE", license_text)
     write_text_atomic(folder / "docs" / "license.txt", license_text)
+
+
+def write_torchscript(net: nn.Module, spec: BundleSpec, data_cfg: dict[str, Any], path: Path,
+                      metadata: dict[str, Any], inference: dict[str, Any]) -> None:
+    """``models/model.ts``: ``spec.trace`` of the bundle network on a ``[1, 1, *spatial_size]`` input, saved by
+    MONAI's ``save_net_with_metadata`` with metadata.json and inference.json as extra files (as ``ckpt_export``)."""
+    from monai.data import save_net_with_metadata
+
+    if spec.trace is None:
+        return
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, *[int(s) for s in data_cfg["spatial_size"]], generator=generator)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the shape checks in the forward become constants: model.ts takes [B, 1, *spatial_size], as documented
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = spec.trace(net, x)
+    # into the bundle's temporary folder: the whole folder is renamed into place when complete
+    save_net_with_metadata(traced, str(path), include_config_vals=False, meta_values=metadata,
+                           more_extra_files={"inference.json": json.dumps(inference).encode()})
 
 
 def _license_text() -> str:

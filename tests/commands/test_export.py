@@ -186,3 +186,33 @@ def test_vqvae_bundle_run_writes_the_reconstruction_and_code_grid(bundles, vqvae
     factor = 32 // grid.shape[0]
     # the phantoms are 32^3 in RAS: each code covers factor^3 voxels of the input grid
     assert np.array_equal(np.asarray(codes.dataobj)[::factor, ::factor, ::factor], grid)
+
+
+@pytest.mark.parametrize("family", ["vqvae3d", "attrivae"])
+def test_torchscript_gives_the_state_dict_networks_outputs(bundles, family):
+    from monai.bundle import ConfigParser
+    from monai.data import load_net_with_metadata
+
+    folder = bundles[family]
+    scripted, meta, extra = load_net_with_metadata(str(folder / "models" / "model.ts"),
+                                                   more_extra_files=["inference.json"])
+    config = json.loads((folder / "configs" / "inference.json").read_text())
+    assert meta["version"] == json.loads((folder / "configs" / "metadata.json").read_text())["version"]
+    assert json.loads(extra["inference.json"])["network_def"] == config["network_def"]
+    net = ConfigParser({"net": config["network_def"]}).get_parsed_content("net")
+    net.load_state_dict(torch.load(folder / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        traced = scripted(x)
+    expected = net(x)
+    if family == "vqvae3d":  # the whole network: reconstruction and code grid
+        assert traced.shape == expected.shape == (2, 2, 32, 32, 32)
+        assert torch.allclose(traced, expected, atol=1e-5)
+        return
+    # Attri-VAE: reconstruction, encode and classify; the attention maps (captum hooks) are not traced
+    assert torch.allclose(traced, expected[:, :1], atol=1e-5)
+    with torch.no_grad():
+        mu = net.encode(x)[0]
+        assert torch.allclose(scripted.encode(x)[0], mu, atol=1e-5)
+        assert torch.allclose(scripted.classify(mu), net.classify(mu), atol=1e-5)
