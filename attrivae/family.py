@@ -203,5 +203,5 @@ FAMILY = Family(
     features=features,
     evaluation_task=evaluation_task,
     summarize=summarize,
-    commands=("evaluate", "reconstruct", "encode", "traverse", "interpolate", "attention", "export"),
+    commands=("evaluate", "reconstruct", "encode", "traverse", "interpolate", "attention", "report", "export"),
 )

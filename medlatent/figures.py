@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from medlatent.io import atomic_path  # noqa: E402
 
-__all__ = ["orthogonal_slices", "save_slice_grid", "save_curves", "save_figure", "save_overlay"]
+__all__ = ["orthogonal_slices", "save_slice_grid", "save_strip", "save_curves", "save_figure", "save_overlay"]
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -63,6 +63,26 @@ def save_slice_grid(volumes: Sequence[np.ndarray | torch.Tensor], row_titles: Se
                 ax.set_ylabel(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def save_strip(volumes: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str], path: str | os.PathLike,
+               title: str | None = None, vmin: float | None = None, vmax: float | None = None) -> None:
+    """One column per volume (e.g. traversal steps), rows axial and coronal mid-slices (RAS volumes), as one PNG."""
+    columns = len(volumes)
+    fig, axes = plt.subplots(2, columns, figsize=(1.6 * columns + 0.4, 3.6), squeeze=False)
+    for col, (volume, name) in enumerate(zip(volumes, titles)):
+        for row, plane in enumerate(orthogonal_slices(volume)[:2]):
+            ax = axes[row, col]
+            ax.imshow(plane, cmap="gray", origin="lower", vmin=vmin, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=7)
+            if col == 0:
+                ax.set_ylabel(VIEWS[row], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
 
 

@@ -159,6 +159,14 @@ def _attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from medlatent.commands.report import report
+
+    report(Path(args.run), _path(args.input), manifest=_path(args.manifest), mask=_path(args.mask),
+           labels=args.labels, label_names=_path(args.label_names), out=Path(args.output), overwrite=args.overwrite)
+    return 0
+
+
 def _train_prior(args: argparse.Namespace) -> int:
     from medlatent.commands.prior import train_prior
 
@@ -325,6 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="folder for the maps (one subfolder per subject with --manifest)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_attention)
+
+    p = commands.add_parser("report", help="per subject an offline HTML report (maps, attributes, traversals) "
+                            "with the maps as NIfTI and a 3D Slicer segmentation beside it")
+    p.add_argument("run", help=RUN_HELP + "; an Attri-VAE run")
+    p.add_argument("input", nargs="?", help=INPUT_HELP + " (or --manifest)")
+    p.add_argument("--manifest", help=MANIFEST_HELP + "; one volume in memory at a time")
+    p.add_argument("--mask", help=MASK_HELP + "; with --manifest, its 'mask' column")
+    p.add_argument("--labels", help="a label map on the scan's grid (e.g. its DLMUSE segmentation), to name the "
+                   "structure each map's peak falls in; with --manifest, the column holding each subject's label map")
+    p.add_argument("--label-names", help="CSV with Index and Name columns naming the labels (e.g. "
+                   "muse_roi_dictionary.csv)")
+    p.add_argument("-o", "--output", required=True, help="folder for index.html and one subfolder per subject")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=_report)
 
     p = commands.add_parser("train-prior", help="train an autoregressive prior over a VQ-VAE run's codes")
     p.add_argument("run", help=RUN_HELP + "; a VQ-VAE run")
