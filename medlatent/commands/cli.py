@@ -185,7 +185,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from medlatent.commands.export import export
 
-    export(Path(args.run), Path(args.output), fmt=args.format, overwrite=args.overwrite, authors=args.authors)
+    export(Path(args.run), Path(args.output), fmt=args.format, overwrite=args.overwrite, authors=args.authors,
+           modality=args.modality)
     return 0
 
 
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="bundle", choices=["bundle"], help="export format (default bundle)")
     p.add_argument("--authors", default="the run's authors (not stated; pass --authors)",
                    help="authors (and copyright holder) written into the bundle's metadata and model card")
+    p.add_argument("--modality", default="MR", help="imaging modality of the training data (MR, CT, ...; default MR)")
     p.add_argument("--overwrite", action="store_true", help="replace the folder's contents (never the run)")
     p.set_defaults(func=_export)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from medlatent.commands.attention import attention
 from medlatent.commands.evaluate import evaluate
+from medlatent.commands.export import export, run_command
 from medlatent.commands.reconstruct import reconstruct
 from medlatent.commands.registry import defaults_for, load_config
 from medlatent.commands.train import train
@@ -49,6 +50,15 @@ def _trained(cfg: dict[str, Any], run: Path) -> Path:
     return train(cfg, run, resume=(run / "checkpoints" / "last.pt").is_file())
 
 
+def _bundle(run: Path, workdir: Path, scan: Path | str, shows: str) -> list[str]:
+    """Export ``run`` as a MONAI bundle; the line with the ``python -m monai.bundle run`` command for ``scan``."""
+    bundle = export(run, workdir / "bundle", overwrite=True)
+    command = run_command(bundle.resolve(), input=str(scan), output_dir=str((workdir / "bundle_outputs").resolve()))
+    print(f"reproduce {shows} without medlatent's CLI:\n  {command}", flush=True)
+    return [f"MONAI bundle: {bundle} (model card {bundle / 'docs' / 'README.md'}); {shows} again, without "
+            f"medlatent's CLI:\n      {command}"]
+
+
 def vqvae3d_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
     """Train, evaluate and reconstruct the VQ-VAE on the phantoms (``cfg`` from configs/vqvae3d_demo.yaml)."""
     from medlatent.transforms.manifest import read_manifest
@@ -61,7 +71,8 @@ def vqvae3d_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str
     return [f"VQ-VAE run: {run} (curves and reconstruction grids in {run / 'figures'})",
             f"VQ-VAE test SSIM {metrics['ssim']:.3f}, PSNR {metrics['psnr']:.1f}, codes used "
             f"{metrics['codes_used_frac']:.0%}: {run / 'eval' / 'metrics.json'}",
-            f"VQ-VAE reconstruction of {first['subject']}: {recon} (overlays {first['image']})"]
+            f"VQ-VAE reconstruction of {first['subject']}: {recon} (overlays {first['image']})",
+            *_bundle(run, workdir, first["image"], "the reconstruction (and the code grid)")]
 
 
 def attrivae_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[str]:
@@ -85,6 +96,7 @@ def attrivae_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[st
         f"Attri-VAE traversal of {attribute} for {subject['subject']}: {traversal / 'grid.png'} and step_XX.nii.gz",
         f"Attri-VAE attention maps for {subject['subject']}: {maps}/attention_class.png and "
         f"attention_{attribute}.png; open the .nii.gz over {subject['image']} in 3D Slicer or ITK-SNAP",
+        *_bundle(run, workdir, subject["image"], "the reconstruction, attention maps, latent mean and class probability"),
     ]
 
 

@@ -143,13 +143,15 @@ def _attrivae_spec(state: LoadedRun) -> BundleSpec:
         "type": "tuples", "format": "latent", "modality": "n/a", "num_channels": 1, "spatial_shape": [latent_dim],
         "dtype": "float32", "value_range": [], "is_patch_data": False,
         "channel_def": {"0": f"encoder mean mu; regularised attributes on dims {regularized}"},
-        "file": "<scan>_latent.json: latent_mean"}}
+        "file": "<scan>_latent.json: latent_mean",
+        "description": f"the encoder mean mu ({latent_dim} values); regularised attributes on dims {regularized}"}}
     if state.model.classifier is not None:
         extra["probability"] = {
             "type": "probabilities", "format": "classes", "modality": "n/a", "num_channels": len(amap.classes),
             "spatial_shape": [], "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
             "channel_def": {str(i): c for i, c in enumerate(amap.classes)},
-            "file": "<scan>_latent.json: probability"}
+            "file": "<scan>_latent.json: probability",
+            "description": f"the classifier's probability of each class of {amap.label}: {amap.classes}"}
     return BundleSpec(
         target=_class_path(AttriVAEBundleNet), kwargs=kwargs, outputs=outputs,
         task="Attri-VAE: reconstruct a scan, give its latent mean, class probability and attention maps",
@@ -203,10 +205,6 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _modality(state: LoadedRun) -> str:
-    return str(state.cfg["data"].get("modality") or "MR")
-
-
 def _input_range(data_cfg: dict[str, Any]) -> list[float]:
     return {"percentile": [0, 1], "minmax": [0, 1]}.get(data_cfg.get("intensity") or "none", [])
 
@@ -227,25 +225,26 @@ def _plain(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return clean(dict(metrics or {}))
 
 
-def build_metadata(state: LoadedRun, spec: BundleSpec, authors: str, version: str = "0.1.0") -> dict[str, Any]:
+def build_metadata(state: LoadedRun, spec: BundleSpec, authors: str, modality: str = "MR",
+                   version: str = "0.1.0") -> dict[str, Any]:
     """``configs/metadata.json``: every key the bundle specification requires, plus intended use and test metrics."""
     size = [int(s) for s in state.data_cfg["spatial_size"]]
     ckpt = checkpoint_path(state.run, state.checkpoint)
     packages = {"medlatent": _version("medlatent"), "fire": _version("fire"),
                 **{p: _version(p) for p in spec.required_packages}}
     inputs = {"image": {
-        "type": "image", "format": "hounsfield" if _modality(state) == "CT" and not _input_range(state.data_cfg)
-        else "magnitude", "modality": _modality(state), "num_channels": 1, "spatial_shape": size, "dtype": "float32",
+        "type": "image", "format": "hounsfield" if modality == "CT" and not _input_range(state.data_cfg)
+        else "magnitude", "modality": modality, "num_channels": 1, "spatial_shape": size, "dtype": "float32",
         "value_range": _input_range(state.data_cfg), "is_patch_data": False,
         "channel_def": {"0": "the scan after the run's preprocessing (configs/inference.json#preprocessing)"}}}
-    pred = {"type": "image", "format": spec.outputs[0].format, "modality": _modality(state),
+    pred = {"type": "image", "format": spec.outputs[0].format, "modality": modality,
             "num_channels": len(spec.outputs), "spatial_shape": size, "dtype": "float32", "value_range": [],
             "is_patch_data": False,
             "channel_def": {str(i): f"{o.name}: {o.description}" for i, o in enumerate(spec.outputs)}}
     outputs: dict[str, Any] = {"pred": pred}
     for o in spec.outputs:
         outputs[o.name] = {
-            "type": "image", "format": o.format, "modality": _modality(state), "num_channels": 1,
+            "type": "image", "format": o.format, "modality": modality, "num_channels": 1,
             "spatial_shape": ["*", "*", "*"], "dtype": o.dtype,
             "value_range": list(o.value_range) if o.value_range else [], "is_patch_data": False,
             "channel_def": {"0": o.description}, "file": f"<scan>_{o.name}.nii.gz, in the input's grid and affine"}
@@ -401,11 +400,12 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def export(run: str | Path, out: str | Path, fmt: str = "bundle", overwrite: bool = False,
-           authors: str = "the run's authors (not stated; pass --authors)") -> Path:
+           authors: str = "the run's authors (not stated; pass --authors)", modality: str = "MR") -> Path:
     """Export ``run`` as a MONAI bundle folder ``out``; returns it.
 
     The bundle is written under a temporary name beside ``out`` and renamed when complete, so
     an interrupted export leaves no half bundle. ``out`` must be new or empty unless ``overwrite``.
+    ``authors`` and ``modality`` (MR, CT, ...) go into the metadata and model card.
     """
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -417,7 +417,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "bundle", overwrite: boo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        write_bundle(state, spec, tmp, authors, out.resolve())
+        write_bundle(state, spec, tmp, authors, out.resolve(), modality)
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -433,12 +433,13 @@ def run_command(bundle: Path, input: str = "scan.nii.gz", output_dir: str = "out
             f"{config / 'metadata.json'} --input {input} --output_dir {output_dir}")
 
 
-def write_bundle(state: LoadedRun, spec: BundleSpec, folder: Path, authors: str, bundle_root: Path) -> None:
+def write_bundle(state: LoadedRun, spec: BundleSpec, folder: Path, authors: str, bundle_root: Path,
+                 modality: str = "MR") -> None:
     """Every file of the bundle into ``folder`` (which exists), whose final place is ``bundle_root``."""
     net = bundle_network(state, spec)
     (folder / "models").mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), folder / "models" / "model.pt")
-    metadata = build_metadata(state, spec, authors)
+    metadata = build_metadata(state, spec, authors, modality)
     _write_json(folder / "configs" / "metadata.json", metadata)
     inference = inference_config(state, spec, bundle_root)
     _write_json(folder / "configs" / "inference.json", inference)
@@ -533,8 +534,7 @@ def model_card(state: LoadedRun, spec: BundleSpec, metadata: dict[str, Any]) -> 
     info_path = state.run / "data_info.json"
     info = read_json(info_path) if info_path.is_file() else {}
     outputs = "\n".join(f"- `<scan>_{o.name}.nii.gz`: {o.description}" for o in spec.outputs)
-    outputs += "".join(f"\n- {v['file']}: {v['channel_def']['0'] if v['num_channels'] == 1 else v['channel_def']}"
-                       for v in spec.extra_outputs.values())
+    outputs += "".join(f"\n- `{v['file']}`: {v['description']}" for v in spec.extra_outputs.values())
     lines = [
         f"# {metadata['name']}", "",
         f"**{spec.task}.** {spec.description}", "",

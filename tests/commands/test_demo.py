@@ -27,3 +27,9 @@ def test_demo_runs_both_families_and_writes_their_exports(tmp_path, capsys):
     exported = list((out / "attrivae").rglob("*.nii.gz"))
     assert any("attention" in str(p) for p in exported), exported
     assert any("traverse" in str(p) or "travers" in str(p) for p in exported), exported
+    for family in ("vqvae3d", "attrivae"):  # one MONAI bundle per family, and the command that runs it
+        bundle = out / family / "bundle"
+        for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "models/model.ts",
+                     "docs/README.md", "LICENSE"):
+            assert (bundle / name).is_file(), (family, name)
+        assert f"--config_file {bundle.resolve() / 'configs' / 'inference.json'}" in printed

@@ -38,8 +38,9 @@ def vqvae_run(tmp_path_factory, phantom_manifest) -> Path:
 def bundles(tmp_path_factory, vqvae_run, trained_run) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bundles")
     made = {}
-    for family, run in (("vqvae3d", vqvae_run), ("attrivae", trained_run)):
-        assert main(["export", str(run), "-o", str(out / family), "--authors", "Test Authors"]) == 0
+    for family, run, modality in (("vqvae3d", vqvae_run, "CT"), ("attrivae", trained_run, "MR")):
+        assert main(["export", str(run), "-o", str(out / family), "--authors", "Test Authors",
+                     "--modality", modality]) == 0
         made[family] = out / family
     return made
 
@@ -75,6 +76,7 @@ def test_metadata_has_every_key_the_specification_requires(bundles, family):
         for name, fmt in group.items():
             _check_tensor_format(name, fmt)
     assert formats["inputs"]["image"]["spatial_shape"] == [32, 32, 32]
+    assert formats["inputs"]["image"]["modality"] == {"vqvae3d": "CT", "attrivae": "MR"}[family]
     assert formats["outputs"]["reconstruction"]["format"] == "magnitude"
     if family == "vqvae3d":
         assert formats["outputs"]["codes"]["format"] == "latent"
