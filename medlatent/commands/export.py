@@ -330,9 +330,9 @@ def inference_config(state: LoadedRun, spec: BundleSpec, bundle_root: Path) -> d
     section), as the same MONAI transforms; every output is inverted to the input's grid and
     affine by ``Invertd`` over that preprocessing and written by ``SaveImaged``.
     """
-    from medlatent.transforms.pipeline import preprocessing_steps
+    from medlatent.transforms.pipeline import needs_mask, preprocessing_steps
 
-    masked = bool(state.data_cfg.get("mask_image"))
+    masked = needs_mask(state.data_cfg) is not None  # the scan's mask is an input too, as in load_volume
     steps = preprocessing_steps(state.data_cfg, keys=("image", "mask") if masked else ("image",))
     datalist = "$[{'image': @input, 'mask': @mask}]" if masked else "$[{'image': @input}]"
     post: list[dict[str, Any]] = [
@@ -422,15 +422,23 @@ def export(run: str | Path, out: str | Path, fmt: str = "bundle", overwrite: boo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"wrote bundle {out}; run it with:\n  {run_command(out)}")
+    print(f"wrote bundle {out}; run it with:\n  {run_command(out, mask=_example_mask(state))}")
     return out
 
 
-def run_command(bundle: Path, input: str = "scan.nii.gz", output_dir: str = "out") -> str:  # noqa: A002
-    """The shell command that runs the bundle's inference on ``input``."""
+def run_command(bundle: Path, input: str = "scan.nii.gz", output_dir: str = "out",  # noqa: A002
+                mask: str | None = None) -> str:
+    """The shell command that runs the bundle's inference on ``input`` (and its ``mask``, for runs that need one)."""
     config = Path(bundle) / "configs"
     return (f"python -m monai.bundle run --config_file {config / 'inference.json'} --meta_file "
-            f"{config / 'metadata.json'} --input {input} --output_dir {output_dir}")
+            f"{config / 'metadata.json'} --input {input}" + (f" --mask {mask}" if mask else "")
+            + f" --output_dir {output_dir}")
+
+
+def _example_mask(state: LoadedRun) -> str | None:
+    from medlatent.transforms.pipeline import needs_mask
+
+    return "mask.nii.gz" if needs_mask(state.data_cfg) else None
 
 
 def write_bundle(state: LoadedRun, spec: BundleSpec, folder: Path, authors: str, bundle_root: Path,
@@ -555,7 +563,7 @@ def model_card(state: LoadedRun, spec: BundleSpec, metadata: dict[str, Any]) -> 
         "## Test metrics", "", *_metric_lines(_test_metrics(state.run)), "",
         "## Outputs (per input scan)", "", outputs, "",
         "## Running it", "",
-        "```", run_command(Path("BUNDLE")), "```", "",
+        "```", run_command(Path("BUNDLE"), mask=_example_mask(state)), "```", "",
         f"Needs an installed `medlatent` ({medlatent.__version__}; the network classes are imported from it), "
         "MONAI and `fire`. Moved the bundle? Add `--bundle_root NEW/PATH`.", "",
         "## TorchScript", "", f"`models/model.ts`: {spec.torchscript}.", "",
