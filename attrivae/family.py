@@ -48,7 +48,7 @@ class NetSection(Section):
     # statistics match; z (the paper) leaves them fitted to noisier inputs (docs/attrivae.md)
     classifier_input: Literal["mu", "z"] = "mu"
     attention_layer: str | None = None             # None = last encoder layer with >= 4 voxels per axis
-    attention_method: Literal[METHODS] = "hirescam"  # type: ignore[valid-type]
+    attention_method: Literal[METHODS] | None = None  # type: ignore[valid-type]  # None = attrivae.attention's default
 
     @field_validator("space_to_depth")
     @classmethod

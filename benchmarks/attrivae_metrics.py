@@ -221,7 +221,7 @@ def _saved_result(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str
 def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
     """Mean share of the lateral-ventricle attention mass inside the ventricles vs their share of the
     brain, for the default map (positive evidence) and for the negative evidence (attrivae.attention)."""
-    from medlatent.attrivae.attention import EVIDENCE, grad_cam
+    from medlatent.attrivae.attention import EVIDENCE, MapSettings, attention_map
     from medlatent.attrivae.family import load_run
     from medlatent.attrivae.task import plain
     from medlatent.transforms.pipeline import make_dataset
@@ -245,8 +245,8 @@ def _ventricle_enrichment(run: Path, seg_dir: Path) -> dict[str, Any]:
         ventricles = torch.isin(seg, torch.tensor(VENTRICLE_LABELS)).float()
         share.append(float(ventricles.sum() / (seg > 0).sum().clamp_min(1)))
         for evidence in EVIDENCE:
-            cam = grad_cam(state.model, plain(item["image"]).float()[None].to(state.device), layer, dim,
-                           evidence=evidence)[0, 0].cpu()
+            cam = attention_map(state.model, plain(item["image"]).float()[None].to(state.device), dim,
+                                MapSettings(layer=layer, evidence=evidence))[0, 0].cpu()
             inside[evidence].append(float((cam * ventricles).sum() / cam.sum().clamp_min(1e-12)))
     mean_share = float(np.mean(share))
     result: dict[str, Any] = {"subjects": len(share), "ventricle_share_of_brain": mean_share}

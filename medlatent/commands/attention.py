@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medlatent.attrivae.attention import grad_cam, resolve_layer
+from medlatent.attrivae.attention import METHOD_NAMES, MapSettings, attention_map, resolve_layer, with_defaults
 from medlatent.attrivae.attributes import AttributeMap
 from medlatent.commands.inputs import as_batch, iter_manifest, load_input, manifest_subjects, output_names
 from medlatent.commands.outputs import check_output_folder, write_volume
@@ -19,9 +19,7 @@ from medlatent.errors import InputError
 from medlatent.figures import save_overlay
 from medlatent.io import safe_name, write_text_atomic
 
-__all__ = ["attention", "METHOD_NAMES"]
-
-METHOD_NAMES = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM"}
+__all__ = ["attention", "item_spacing", "item_body"]
 
 
 def _ras(volume: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -37,16 +35,32 @@ def _ras(volume: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(oriented.as_tensor()[0].float().numpy()), np.linalg.norm(affine[:3, :3], axis=0)
 
 
+def item_spacing(item: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Voxel size in mm of a preprocessed item's image (the model input grid), from its affine."""
+    affine = np.asarray(getattr(item["image"], "affine", np.eye(4)), dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def item_body(item: Mapping[str, Any], device: torch.device) -> torch.Tensor | None:
+    """The preprocessed item's mask (> 0) as ``[1, 1, D, H, W]``, or None without one."""
+    if "mask" not in item:
+        return None
+    mask = item["mask"]
+    return ((mask.as_tensor() if hasattr(mask, "as_tensor") else mask) > 0)[None].to(device)
+
+
 def _file_names(label: str, evidence: str) -> tuple[str, str]:
     stem = f"attention_{label}" + ("" if evidence == "positive" else f"_{evidence}")
     return f"{stem}.nii.gz", f"{stem}.png"
 
 
-def _one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, folder: Path, layer: str,
-         dim: int | None, method: str, evidence: str) -> dict[str, Any]:
+def _one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, folder: Path, settings: MapSettings,
+         dim: int | None) -> dict[str, Any]:
     """Attention map of one scan -> ``folder/attention_<label>.nii.gz`` (input geometry) and ``.png``; returns an index row."""
     x = as_batch(item, state.device)
-    cam = grad_cam(state.model, x, layer, dim, evidence=evidence, method=method)[0].cpu()
+    cam = attention_map(state.model, x, dim, settings, spacing=item_spacing(item), body=item_body(item, state.device))
+    cam = cam[0].cpu()
+    method, evidence, layer = settings.method, settings.evidence, settings.layer if settings.uses_layer else "input"
     nifti_name, png_name = _file_names(label, evidence)
     folder.mkdir(parents=True, exist_ok=True)
     mapped = write_volume(cam, item, state.data_cfg, folder / nifti_name, value_range=(0.0, 1.0))
@@ -56,11 +70,11 @@ def _one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, fol
     peak_mm = affine[:3, :3] @ np.asarray(peak, dtype=np.float64) + affine[:3, 3]
     scan_ras, spacing = _ras(source if source else item["image"])
     map_ras, _ = _ras(mapped)
-    side = "" if evidence == "positive" else f", {evidence} evidence"
-    save_overlay(scan_ras, map_ras, folder / png_name, spacing=spacing, label=f"{METHOD_NAMES[method]}{side} ({label})",
-                 title=f"{item.get('subject', '')}: attention for {label} at {layer}; peak at "
+    save_overlay(scan_ras, map_ras, folder / png_name, spacing=spacing, label=f"{METHOD_NAMES[method]}, {evidence} ({label})",
+                 title=f"{item.get('subject', '')}: {settings.describe()} for {label}; peak at "
                        f"({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, {peak_mm[2]:.0f}) mm RAS")
     row = {"subject": item.get("subject", ""), "target": label, "method": method, "evidence": evidence, "layer": layer,
+           "baseline": settings.baseline if method in ("integrated_gradients", "occlusion") else "",
            "nifti": str(folder / nifti_name), "png": str(folder / png_name),
            "peak_voxel": " ".join(map(str, peak)), "peak_ras_mm": " ".join(f"{v:.1f}" for v in peak_mm)}
     if state.model.classifier is not None:
@@ -74,12 +88,15 @@ def _one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, fol
 def attention(run: str | Path, input: str | Path | None = None, manifest: str | Path | None = None,  # noqa: A002
               attribute: str | None = None, use_class: bool = False, layer: str | None = None,
               out: str | Path = "attention", method: str | None = None, mask: str | Path | None = None,
-              evidence: str = "positive", overwrite: bool = False) -> Path:
+              evidence: str | None = None, baseline: str | None = None, patch_mm: float | None = None,
+              overwrite: bool = False) -> Path:
     """Attention maps as NIfTI over the original scan, plus a PNG per map.
 
-    ``method``: ``hirescam`` or ``gradcam`` (default: the run's ``net.attention_method``);
-    ``evidence``: ``positive`` (where the activation raises the target) or ``negative`` (where
-    it lowers it; files get a ``_negative`` suffix); ``layer``: an encoder layer name (default:
+    ``method`` (``attrivae.attention.METHODS``; default: the run's ``net.attention_method``, else
+    the library default), ``evidence`` (``positive``: where the input raises the target;
+    ``negative``: where it lowers it; ``absolute``: both; files of the last two get a
+    ``_negative`` / ``_absolute`` suffix), ``baseline`` and ``patch_mm`` (integrated gradients,
+    occlusion): see ``attrivae.attention.MapSettings``; ``layer``: an encoder layer name (default:
     ``net.attention_layer``, else the last encoder layer with at least 4 voxels per axis).
     ``mask``: the ``input``'s mask, needed when the run was trained with ``data.mask_image`` (a
     manifest gives them in its ``mask`` column).
@@ -99,12 +116,13 @@ def attention(run: str | Path, input: str | Path | None = None, manifest: str | 
                          f"use --attribute with one of: {', '.join(regularized) or 'none'}")
     dim = AttributeMap.load(state.run).dim_of(attribute) if attribute is not None else None
     layer_name, _ = resolve_layer(state.model, layer or state.cfg["net"]["attention_layer"])
-    method = method or state.cfg["net"]["attention_method"]
+    settings = with_defaults(MapSettings(layer=layer_name), method=method or state.cfg["net"].get("attention_method"),
+                             evidence=evidence, baseline=baseline, patch_mm=patch_mm)
     label = safe_name("class" if use_class else attribute)
-    files = _file_names(label, evidence)
+    files = _file_names(label, settings.evidence)
     if input is not None:
         out = check_output_folder(out, files, [input, mask], overwrite)
-        row = _one(state, load_input(state, input, mask), str(input), label, out, layer_name, dim, method, evidence)
+        row = _one(state, load_input(state, input, mask), str(input), label, out, settings, dim)
         print(f"wrote {row['nifti']} and {row['png']}")
         return out
     names = output_names(manifest_subjects(manifest, state.data_cfg))
@@ -112,8 +130,7 @@ def attention(run: str | Path, input: str | Path | None = None, manifest: str | 
                               [manifest], overwrite)
     rows = []
     for subject, source, item in iter_manifest(manifest, state.data_cfg):
-        rows.append({"image": source, **_one(state, item, source, label, out / names[subject], layer_name, dim,
-                                             method, evidence)})
+        rows.append({"image": source, **_one(state, item, source, label, out / names[subject], settings, dim)})
     write_text_atomic(out / "index.csv", pd.DataFrame(rows).to_csv(index=False))
     print(f"wrote attention maps of {len(rows)} subjects to {out} (index: {out / 'index.csv'})")
     return out

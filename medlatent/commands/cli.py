@@ -155,7 +155,8 @@ def _attention(args: argparse.Namespace) -> int:
 
     attention(Path(args.run), _path(args.input), manifest=_path(args.manifest), attribute=args.attribute,
               use_class=args.use_class, layer=args.layer, out=Path(args.output), method=args.method,
-              mask=_path(args.mask), evidence=args.evidence, overwrite=args.overwrite)
+              mask=_path(args.mask), evidence=args.evidence, baseline=args.baseline, patch_mm=args.patch_mm,
+              overwrite=args.overwrite)
     return 0
 
 
@@ -198,7 +199,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medlatent.attrivae.attention import EVIDENCE, METHODS
+    from medlatent.attrivae.attention import BASELINES, EVIDENCE, METHODS
     from medlatent.vqvae3d.prior import PRIORS
 
     parser = argparse.ArgumentParser(prog="medlatent", description=__doc__.splitlines()[0])
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_interpolate)
 
-    p = commands.add_parser("attention", help="attention maps (HiResCAM / Grad-CAM) as NIfTI over the scan, plus PNGs")
+    p = commands.add_parser("attention", help="attention maps (captum: HiResCAM, Grad-CAM, IG, occlusion...) as NIfTI over the scan, plus PNGs")
     p.add_argument("run", help=RUN_HELP + "; an Attri-VAE run")
     p.add_argument("input", nargs="?", help=INPUT_HELP + " (or --manifest)")
     p.add_argument("--manifest", help=MANIFEST_HELP)
@@ -327,10 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="use_class", action="store_true", help="explain the classifier's logit")
     p.add_argument("--layer", help="encoder layer name (default: last with >= 4 voxels per axis)")
     p.add_argument("--method", choices=METHODS,
-                   help="hirescam (default: faithful after a flatten + linear head) or gradcam (channel-averaged gradients)")
-    p.add_argument("--evidence", choices=EVIDENCE, default="positive",
-                   help="positive (default, Grad-CAM's ReLU): where the activation raises the target; negative: where "
-                        "it lowers it, e.g. dark CSF for a ventricle volume (files get a _negative suffix)")
+                   help="hirescam (default; docs/attention.md has the measurements that chose it), gradcam, "
+                        "guided_gradcam, integrated_gradients or occlusion (all captum)")
+    p.add_argument("--evidence", choices=EVIDENCE,
+                   help="positive (default): where the input raises the target; negative: where it lowers it, e.g. "
+                        "dark CSF for a ventricle volume; absolute: both (files get a _negative / _absolute suffix)")
+    p.add_argument("--baseline", choices=BASELINES,
+                   help="integrated_gradients / occlusion reference: zeros, blurred (default) or masked (the body "
+                        "set to its mean intensity)")
+    p.add_argument("--patch-mm", type=float, help="occlusion cube edge in mm (default 16)")
     p.add_argument("--mask", help=MASK_HELP + "; with --manifest, its 'mask' column")
     p.add_argument("-o", "--output", required=True, help="folder for the maps (one subfolder per subject with --manifest)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -59,3 +59,18 @@ def test_negative_evidence_export_is_named_and_indexed(trained_run, phantom_mani
               "-o", str(tmp_path / "bad")])
     assert caught.value.code == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("options", [["--method", "occlusion", "--patch-mm", "16", "--evidence", "absolute"],
+                                     ["--method", "integrated_gradients", "--baseline", "masked"],
+                                     ["--method", "guided_gradcam", "--layer", "encoder.levels.0"]],
+                         ids=["occlusion", "integrated_gradients", "guided_gradcam"])
+def test_every_method_exports_a_map_in_the_scan_geometry(trained_run, phantom_manifest, tmp_path, options):
+    scan = phantom_manifest.parent / pd.read_csv(phantom_manifest)["image"][0]
+    out = tmp_path / "att"
+    assert main(["attention", str(trained_run), str(scan), "--class", *options, "-o", str(out)]) == 0
+    suffix = "_absolute" if "absolute" in options else ""
+    result, reference = nib.load(out / f"attention_class{suffix}.nii.gz"), nib.load(scan)
+    assert result.shape == reference.shape and np.allclose(result.affine, reference.affine, atol=1e-4)
+    data = result.get_fdata()
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() == pytest.approx(1.0, abs=0.05)
