@@ -3,7 +3,7 @@
 A bundle's ``network_def`` must map an image batch to one tensor (``monai.bundle``'s
 ``verify_net_in_out``, ``SupervisedEvaluator``), so :class:`AttriVAEBundleNet` stacks on
 channels what has a value per voxel: the reconstruction and the attention maps
-(:func:`medlatent.attrivae.attention.grad_cam`, the maps of ``medlatent attention``). What has
+(:func:`medlatent.attrivae.attention.attention_map`, the maps of ``medlatent attention``). What has
 one value per scan, the latent mean and the class probabilities, is written by
 :class:`SaveLatentd` as a JSON file beside the volumes. Parameters are the run's: the bundle's
 ``models/model.pt`` is the run's state dict unchanged.
@@ -22,7 +22,7 @@ from monai.data.utils import create_file_basename
 from monai.networks import eval_mode
 from monai.transforms import MapTransform
 
-from medlatent.attrivae.attention import grad_cam
+from medlatent.attrivae.attention import MapSettings, attention_map
 from medlatent.attrivae.model import AttriVAE
 from medlatent.io import write_text_atomic
 
@@ -49,7 +49,7 @@ class AttriVAEBundleNet(AttriVAE):
     Args:
         targets: what each map explains, in channel order.
         attention_layer: encoder layer of the maps (``AttriVAE.layer_shapes``).
-        attention_method, attention_evidence: see ``grad_cam``.
+        attention_method, attention_evidence: see ``attrivae.attention.MapSettings``.
         **kwargs: the ``AttriVAE`` arguments of the run.
     """
 
@@ -63,8 +63,8 @@ class AttriVAEBundleNet(AttriVAE):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         with torch.no_grad():
             reconstruction = self.decode(self.encode(x)[0])
-        maps = [grad_cam(self, x, self.attention_layer, dim, evidence=self.attention_evidence,
-                         method=self.attention_method) for dim in self.targets]
+        settings = MapSettings(method=self.attention_method, layer=self.attention_layer, evidence=self.attention_evidence)
+        maps = [attention_map(self, x, dim, settings) for dim in self.targets]
         return torch.cat([reconstruction.float(), *maps], dim=1)
 
 

@@ -18,7 +18,6 @@ code the run was trained with; see docs/export.md for why not a copy under ``scr
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -115,7 +114,7 @@ def _vqvae3d_spec(state: LoadedRun) -> BundleSpec:
 
 
 def _attrivae_spec(state: LoadedRun) -> BundleSpec:
-    from medlatent.attrivae.attention import grad_cam, resolve_layer
+    from medlatent.attrivae.attention import MapSettings, resolve_layer
     from medlatent.attrivae.attributes import AttributeMap
     from medlatent.attrivae.bundle import AttriVAEBundleNet, SaveLatentd
     from medlatent.attrivae.family import model_kwargs
@@ -123,17 +122,18 @@ def _attrivae_spec(state: LoadedRun) -> BundleSpec:
     amap = AttributeMap.load(state.run)
     net = state.cfg["net"]
     layer, _ = resolve_layer(state.model, net["attention_layer"])  # as `medlatent attention` resolves it
-    evidence = inspect.signature(grad_cam).parameters["evidence"].default  # the attention API's default
+    default = MapSettings()  # the attention API's defaults, as `medlatent attention` uses them
+    method, evidence = net["attention_method"] or default.method, default.evidence
     targets: list[tuple[str, int | None]] = []
     if state.model.classifier is not None:
         targets.append(("class", None))
     targets += [(name, amap.dim_of(name)) for name in amap.regularized]
     kwargs = {**model_kwargs(state.cfg, amap), "targets": [dim for _, dim in targets], "attention_layer": layer,
-              "attention_method": net["attention_method"], "attention_evidence": evidence}
+              "attention_method": method, "attention_evidence": evidence}
     outputs = [Output("reconstruction", "the reconstruction of the latent mean, in model intensity units", "magnitude")]
     for name, dim in targets:
         what = (f"the classifier's logit ({amap.label})" if dim is None else f"latent dimension {dim} ({name})")
-        outputs.append(Output(f"attention_{name}", f"{net['attention_method']} attention map ({evidence} evidence) "
+        outputs.append(Output(f"attention_{name}", f"{method} attention map ({evidence} evidence) "
                               f"of {what} at {layer}, in [0, 1]", "magnitude", value_range=(0.0, 1.0)))
     regularized = dict(zip(amap.regularized, amap.dims))
     save_latent = {"_target_": _class_path(SaveLatentd), "keys": "image", "network": "@network",
