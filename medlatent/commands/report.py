@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 from scipy.stats import percentileofscore
 
-from medlatent.attrivae.attention import grad_cam, resolve_layer
+from medlatent.attrivae.attention import METHOD_NAMES, MapSettings, attention_map, resolve_layer
 from medlatent.attrivae.attributes import AttributeMap
 from medlatent.attrivae.traversal import decode_latents, step_labels, traverse_latents
-from medlatent.commands.attention import METHOD_NAMES, _ras
+from medlatent.commands.attention import _ras
 from medlatent.commands.inputs import as_batch, iter_manifest, load_input, manifest_subjects, output_names
 from medlatent.commands.outputs import check_output_folder, write_volume
 from medlatent.commands.report_html import index_page, opening_text, subject_page
@@ -69,7 +69,7 @@ def default_maps(state: LoadedRun, amap: AttributeMap) -> list[MapSpec]:
     Method and layer are the run's (``net.attention_method``, ``net.attention_layer``); evidence positive.
     """
     layer, _ = resolve_layer(state.model, state.cfg["net"]["attention_layer"])
-    method = state.cfg["net"]["attention_method"]
+    method = state.cfg["net"]["attention_method"] or MapSettings().method
     specs = []
     if state.model.classifier is not None:
         specs.append(MapSpec("class", f"class ({amap.label or 'label'})", None, method, layer, "positive"))
@@ -197,7 +197,8 @@ def _probability(state: LoadedRun, mu: torch.Tensor, amap: AttributeMap) -> dict
 def _one_map(state: LoadedRun, item: Mapping[str, Any], source: Any, spec: MapSpec, value: int, folder: Path,
              x: torch.Tensor) -> dict[str, Any]:
     """One map of one subject: NIfTI, top-5% label NIfTI and overlay PNG; returns what the page shows."""
-    cam = grad_cam(state.model, x, spec.layer, spec.dim, evidence=spec.evidence, method=spec.method)[0].cpu()
+    settings = MapSettings(method=spec.method, layer=spec.layer, evidence=spec.evidence)
+    cam = attention_map(state.model, x, spec.dim, settings)[0].cpu()
     nifti, label_file, png = (folder / f for f in _map_files(spec))
     mapped = write_volume(cam, item, state.data_cfg, nifti, value_range=(0.0, 1.0))
     array = mapped.as_tensor()[0].numpy()
