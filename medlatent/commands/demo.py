@@ -16,6 +16,7 @@ from medlatent.commands.evaluate import evaluate
 from medlatent.commands.export import export, run_command
 from medlatent.commands.reconstruct import reconstruct
 from medlatent.commands.registry import defaults_for, load_config
+from medlatent.commands.report import report
 from medlatent.commands.train import train
 from medlatent.commands.traverse import traverse
 from medlatent.io import write_text_atomic
@@ -90,6 +91,12 @@ def attrivae_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[st
     maps = workdir / "attention"
     attention(run, subject["image"], use_class=True, out=maps, overwrite=True)
     attention(run, subject["image"], attribute=attribute, out=maps, overwrite=True)
+    from medlatent.transforms.phantoms import MASK_LABELS
+
+    names = workdir / "phantom_labels.csv"  # the phantom mask's labels, so the report names where each map peaks
+    write_text_atomic(names, "Index,Name\n" + "".join(f"{v},{k}\n" for k, v in MASK_LABELS.items()))
+    pages = report(run, subject["image"], labels=subject.get("mask"), label_names=names, out=workdir / "report",
+                   overwrite=True)
     return [
         f"Attri-VAE run: {run} (curves in {run / 'figures'}; test metrics in {run / 'eval' / 'metrics.json'}: "
         f"ssim {metrics['ssim']:.2f}, auc {metrics['auc']:.2f}, scc {metrics['scc']:.2f})",
@@ -97,6 +104,7 @@ def attrivae_demo(workdir: Path, cfg: dict[str, Any], manifest: Path) -> list[st
         f"Attri-VAE attention maps for {subject['subject']}: {maps}/attention_class.png and "
         f"attention_{attribute}.png; open the .nii.gz over {subject['image']} in 3D Slicer or ITK-SNAP",
         *_bundle(run, workdir, subject["image"], "the reconstruction, attention maps, latent mean and class probability"),
+        f"Attri-VAE report for {subject['subject']} (open in a browser, works offline): {pages / 'index.html'}",
     ]
 
 

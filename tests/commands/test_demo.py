@@ -33,3 +33,6 @@ def test_demo_runs_both_families_and_writes_their_exports(tmp_path, capsys):
                      "docs/README.md", "LICENSE"):
             assert (bundle / name).is_file(), (family, name)
         assert f"--config_file {bundle.resolve() / 'configs' / 'inference.json'}" in printed
+    pages = list((out / "attrivae" / "report").glob("*/report.html"))
+    assert len(pages) == 1 and "Research use only" in pages[0].read_text()
+    assert str(out / "attrivae" / "report" / "index.html") in printed
