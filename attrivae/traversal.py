@@ -15,7 +15,7 @@ from medlatent.attrivae.attributes import AttributeMap
 from medlatent.attrivae.model import AttriVAE
 
 __all__ = ["traverse_latents", "interpolate_latents", "decode_latents", "fit_calibration", "step_labels",
-           "measure_traversal", "Measure"]
+           "measure_traversal", "phantom_measure", "Measure"]
 
 #: decoded steps ``[S, 1, D, H, W]`` -> attribute name -> the value measured on each step ``[S]``
 Measure = Callable[[torch.Tensor], Mapping[str, np.ndarray]]
@@ -77,6 +77,21 @@ def step_labels(values: Sequence[float], fit: Mapping[str, float], low: float, h
     labels = np.clip(raw, low, high)
     clipped = np.isfinite(raw) & (labels != raw)
     return labels, clipped
+
+
+def phantom_measure(spacing_mm: Sequence[float]) -> Measure:
+    """A :data:`Measure` for phantom runs: ``transforms.phantoms.measure_phantom`` on each decoded step.
+
+    ``spacing_mm``: the voxel size of the model's grid (the decoded volumes'), e.g. from the
+    preprocessed item's affine. Reads ``cavity_volume_mm3`` and ``wall_thickness_mm``.
+    """
+    from medlatent.transforms.phantoms import measure_phantom
+
+    def measure(volumes: torch.Tensor) -> dict[str, np.ndarray]:
+        rows = [measure_phantom(volume[0].detach().cpu().float().numpy(), tuple(spacing_mm)) for volume in volumes]
+        return {name: np.array([row[name] for row in rows]) for name in rows[0]}
+
+    return measure
 
 
 def _change(values: np.ndarray, z: np.ndarray) -> float:

@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 from scipy.stats import percentileofscore
 
-from medlatent.attrivae.attention import METHOD_NAMES, MapSettings, attention_map, resolve_layer
+from medlatent.attrivae.attention import MapSettings, attention_map, default_settings, resolve_layer, with_defaults
 from medlatent.attrivae.attributes import AttributeMap
 from medlatent.attrivae.traversal import decode_latents, step_labels, traverse_latents
-from medlatent.commands.attention import _ras
+from medlatent.attrivae.faithfulness import randomization_check
+from medlatent.commands.attention import _ras, item_body, item_spacing
 from medlatent.commands.inputs import as_batch, iter_manifest, load_input, manifest_subjects, output_names
 from medlatent.commands.outputs import check_output_folder, write_volume
 from medlatent.commands.report_html import index_page, opening_text, subject_page
@@ -55,27 +56,46 @@ SUBJECT_FILES = ("report.html", "attention_top5.seg.nrrd", "attention_colours.ct
 class MapSpec:
     """One exported map: what it explains and how it is computed."""
 
-    key: str            # file-name part: class, <attribute>[_negative]
-    title: str          # e.g. "class (lesion)" or "cavity_volume_mm3"
-    dim: int | None     # latent dim, or None for the classifier logit
-    method: str
-    layer: str
-    evidence: str
+    key: str                # file-name part: class, <attribute>[_negative]
+    title: str              # e.g. "class (label)" or "cavity_volume_mm3, negative evidence"
+    dim: int | None         # latent dim, or None for the classifier logit
+    settings: MapSettings   # method, layer (resolved), evidence, baseline
 
 
 def default_maps(state: LoadedRun, amap: AttributeMap) -> list[MapSpec]:
-    """The maps a report exports: the class (if the run has a classifier), then each regularised attribute.
-
-    Method and layer are the run's (``net.attention_method``, ``net.attention_layer``); evidence positive.
-    """
+    """The maps a report exports: ``attrivae.attention.default_settings`` for the class (if the run has a
+    classifier), then for each regularised attribute; the run's ``net.attention_method`` and
+    ``net.attention_layer`` replace the defaults' when set."""
     layer, _ = resolve_layer(state.model, state.cfg["net"]["attention_layer"])
-    method = state.cfg["net"]["attention_method"] or MapSettings().method
+    method = state.cfg["net"].get("attention_method")
+    targets = ([("class", f"class ({amap.label or 'label'})", None, "class")] if state.model.classifier is not None
+               else []) + [(safe_name(n), n, d, "attribute") for n, d in zip(amap.regularized, amap.dims)]
     specs = []
-    if state.model.classifier is not None:
-        specs.append(MapSpec("class", f"class ({amap.label or 'label'})", None, method, layer, "positive"))
-    for name, dim in zip(amap.regularized, amap.dims):
-        specs.append(MapSpec(safe_name(name), name, dim, method, layer, "positive"))
+    for key, title, dim, kind in targets:
+        for settings in default_settings(kind):
+            settings = with_defaults(settings, layer=layer, method=method)
+            suffix = "" if settings.evidence == "positive" else f"_{settings.evidence}"
+            specs.append(MapSpec(key + suffix, title + ("" if not suffix else f", {settings.evidence} evidence"), dim,
+                                 settings))
     return specs
+
+
+def sanity_check(state: LoadedRun, spec: MapSpec, item: Mapping[str, Any], ratio: float = 0.5) -> str:
+    """The model-randomisation check (``attrivae.faithfulness.randomization_check``) of one map on one scan, in words.
+
+    An attribute's map explains ``mu_k``, which the classifier does not compute: re-initialising the
+    classifier leaves that map as it was, so that stage is not counted against it.
+    """
+    x = as_batch(item, state.device)
+    spacing, body = item_spacing(item), item_body(item, state.device)
+    result = randomization_check(lambda model, volume: attention_map(model, volume, spec.dim, spec.settings, spacing,
+                                                                     body), state.model, x, ratio=ratio)
+    stages = {k: v for k, v in result["stages"].items() if spec.dim is None or k != "classifier"}
+    worst = max(stages.values())
+    passed = worst < ratio * result["trained_rho"]
+    verdict = "passed" if passed else "FAILED: the map barely depends on what the model learned"
+    return (f"{verdict} on {item.get('subject', 'this scan')} (Spearman with maps of randomised models at most "
+            f"{worst:.2f}, between two trained maps {result['trained_rho']:.2f})")
 
 
 def _map_files(spec: MapSpec) -> list[str]:
@@ -197,8 +217,8 @@ def _probability(state: LoadedRun, mu: torch.Tensor, amap: AttributeMap) -> dict
 def _one_map(state: LoadedRun, item: Mapping[str, Any], source: Any, spec: MapSpec, value: int, folder: Path,
              x: torch.Tensor) -> dict[str, Any]:
     """One map of one subject: NIfTI, top-5% label NIfTI and overlay PNG; returns what the page shows."""
-    settings = MapSettings(method=spec.method, layer=spec.layer, evidence=spec.evidence)
-    cam = attention_map(state.model, x, spec.dim, settings)[0].cpu()
+    cam = attention_map(state.model, x, spec.dim, spec.settings, spacing=item_spacing(item),
+                        body=item_body(item, state.device))[0].cpu()
     nifti, label_file, png = (folder / f for f in _map_files(spec))
     mapped = write_volume(cam, item, state.data_cfg, nifti, value_range=(0.0, 1.0))
     array = mapped.as_tensor()[0].numpy()
@@ -209,13 +229,13 @@ def _one_map(state: LoadedRun, item: Mapping[str, Any], source: Any, spec: MapSp
     peak_mm = affine[:3, :3] @ np.asarray(peak, dtype=np.float64) + affine[:3, 3]
     scan_ras, spacing = _ras(source if source else item["image"])
     map_ras, _ = _ras(mapped)
-    describe = f"{METHOD_NAMES.get(spec.method, spec.method)} at {spec.layer}, {spec.evidence} evidence"
+    describe = spec.settings.describe()
     save_overlay(scan_ras, map_ras, png, spacing=spacing, label=f"attention ({spec.title})",
                  title=f"{item.get('subject', '')}: {spec.title}; peak at ({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, "
                        f"{peak_mm[2]:.0f}) mm")
     return {"spec": spec, "describe": describe, "png": png, "nifti": nifti.name, "label_file": label_file.name,
             "label_value": value, "peak_voxel": tuple(int(p) for p in peak), "peak_mm": tuple(float(v) for v in peak_mm),
-            "structure": None, "top_mask": top, "affine": affine, "sanity": "not checked"}
+            "structure": None, "top_mask": top, "affine": affine}
 
 
 def _strip(state: LoadedRun, mu: torch.Tensor, amap: AttributeMap, name: str, fits: Mapping[str, Any],
@@ -237,14 +257,19 @@ def _strip(state: LoadedRun, mu: torch.Tensor, amap: AttributeMap, name: str, fi
 
 def _subject(state: LoadedRun, amap: AttributeMap, specs: Sequence[MapSpec], subject: str, source: Any,
              item: Mapping[str, Any], folder: Path, labels_path: str | Path | None, label_names: Mapping[int, str],
-             measured: Mapping[str, float], population: Mapping[str, np.ndarray], fits: Mapping[str, Any]
-             ) -> dict[str, Any]:
-    """Every output of one subject; returns its index row."""
+             measured: Mapping[str, float], population: Mapping[str, np.ndarray], fits: Mapping[str, Any],
+             sanity: dict[str, str]) -> dict[str, Any]:
+    """Every output of one subject; returns its index row. ``sanity``: map key -> the check's verdict,
+    filled on the first subject (the check is of the method on this model, not of one scan)."""
     folder.mkdir(parents=True, exist_ok=True)
     x = as_batch(item, state.device)
     with torch.no_grad():
         mu = state.model.encode(x)[0][0].cpu()
     maps = [_one_map(state, item, source, spec, value, folder, x) for value, spec in enumerate(specs, start=1)]
+    for m in maps:
+        if m["spec"].key not in sanity:
+            sanity[m["spec"].key] = sanity_check(state, m["spec"], item)
+        m["sanity"] = sanity[m["spec"].key]
     if labels_path is not None:
         labels = _label_grid(labels_path, maps[0]["top_mask"].shape, maps[0]["affine"])
         for m in maps:
@@ -348,12 +373,13 @@ def report(run: str | Path, input: str | Path | None = None, manifest: str | Pat
                 _check_labels_fit(path, row["image"], f"{manifest}: row {i + 2} (subject {row['subject']}): {labels}")
     population = _training_population(state, amap.regularized)
     fits = calibration(state)
+    sanity: dict[str, str] = {}
     rows = []
     if input is not None:
         name = next(iter(subjects))
         item = load_input(state, input, mask)
         rows.append(_subject(state, amap, specs, name, str(input), item, out / name, labels, names, {}, population,
-                             fits))
+                             fits, sanity))
     else:
         from medlatent.transforms.manifest import read_manifest
 
@@ -362,7 +388,7 @@ def report(run: str | Path, input: str | Path | None = None, manifest: str | Pat
             row = table.loc[subject].to_dict()
             labels_path = _labels_of(row, str(labels), manifest) if labels is not None else None
             rows.append(_subject(state, amap, specs, subject, source, item, out / subjects[subject], labels_path,
-                                 names, _measured(row, amap.regularized), population, fits))
+                                 names, _measured(row, amap.regularized), population, fits, sanity))
     index_rows = [{**{k: r[k] for k in ("subject", "source", "probability", "attributes")},
                    "page": f"{r['folder']}/report.html"}
                   for r in rows]

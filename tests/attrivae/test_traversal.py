@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from medlatent.attrivae.traversal import (fit_calibration, interpolate_latents, measure_traversal, step_labels,
-                                          traverse_latents)
-from medlatent.transforms.phantoms import measure_phantom
+from medlatent.attrivae.traversal import (fit_calibration, interpolate_latents, measure_traversal, phantom_measure,
+                                          step_labels, traverse_latents)
 
 
 def test_traverse_moves_only_the_chosen_dim():
@@ -67,15 +66,10 @@ def _amap():
                         "wall_thickness_mm"], dims=[0, 1], minimum=[0.0, 0.0], maximum=[1.0, 1.0], latent_dim=4)
 
 
-def _measure(volumes):
-    rows = [measure_phantom(v[0].numpy(), (2.0, 2.0, 2.0)) for v in volumes]
-    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
-
-
 @pytest.mark.parametrize("leak", [0.0, 1.0])
 def test_measured_traversal_finds_the_attribute_and_its_leak(leak):
     sd = {"cavity_volume_mm3": 2000.0, "wall_thickness_mm": 1.0}
-    result = measure_traversal(_Shells(leak), torch.zeros(2, 1, 32, 32, 32), _amap(), _measure, sd, steps=5,
+    result = measure_traversal(_Shells(leak), torch.zeros(2, 1, 32, 32, 32), _amap(), phantom_measure((2.0, 2.0, 2.0)), sd, steps=5,
                                value_range=(-2.0, 2.0))
     cavity = result["cavity_volume_mm3"]
     assert cavity["spearman"] == pytest.approx(1.0) and cavity["subjects"] == 2

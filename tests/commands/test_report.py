@@ -95,8 +95,10 @@ def test_report_outputs_share_the_scans_grid_and_read_back(single):
     maps = sorted(folder.glob("attention_*.nii.gz"))
     values = [p for p in maps if not p.name.endswith("_top5.nii.gz")]
     labels = [p for p in maps if p.name.endswith("_top5.nii.gz")]
+    # attrivae.attention.default_settings: one class map, positive and negative evidence per attribute
     assert {p.name for p in values} == {"attention_class.nii.gz", "attention_cavity_volume_mm3.nii.gz",
-                                        "attention_wall_thickness_mm.nii.gz"}
+                                        "attention_cavity_volume_mm3_negative.nii.gz",
+                                        "attention_wall_thickness_mm.nii.gz", "attention_wall_thickness_mm_negative.nii.gz"}
     for path in maps:
         image = nib.load(path)
         assert image.shape == reference.shape and np.allclose(image.affine, reference.affine, atol=1e-4)
@@ -107,12 +109,13 @@ def test_report_outputs_share_the_scans_grid_and_read_back(single):
         assert data.dtype == np.uint8 and set(np.unique(data)) <= {0, int(data.max())} and data.max() > 0
     segmentation = slicerio.read_segmentation(str(folder / "attention_top5.seg.nrrd"))
     names = slicerio.segment_names(segmentation)
-    assert len(names) == 3 and any(n.startswith("class") for n in names)
+    assert len(names) == len(values) and any(n.startswith("class") for n in names)
     assert all(len(s["color"]) == 3 for s in segmentation["segments"])
     assert "3D Slicer" in (folder / "OPENING.txt").read_text() and "ITK-SNAP" in (folder / "OPENING.txt").read_text()
-    assert len((folder / "attention_colours.ctbl").read_text().splitlines()) == 2 + 3
+    assert len((folder / "attention_colours.ctbl").read_text().splitlines()) == 2 + len(values)
     page = (folder / "report.html").read_text()
-    assert "Research use only, not for diagnosis." in page and "not checked" in page
+    assert "Research use only, not for diagnosis." in page
+    assert page.count("Spearman with maps of randomised models") == len(values)  # the sanity check, per map
     # the peak is named by the label dictionary (a phantom's voxel is background, wall, cavity or lesion)
     assert any(f"<b>{name}</b>" in page for name in ("background", "wall", "cavity", "lesion"))
     assert "http://" not in page and "https://" not in page
@@ -120,7 +123,8 @@ def test_report_outputs_share_the_scans_grid_and_read_back(single):
 
 def test_report_pages_load_offline_in_chromium(single, browser):
     out, _, subject = single
-    for page, images in ((out / subject / "report.html", 3 + 2), (out / "index.html", 0)):
+    maps = len([p for p in (out / subject).glob("attention_*.png")])
+    for page, images in ((out / subject / "report.html", maps + 2), (out / "index.html", 0)):
         urls = _load(browser, page)
         assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
         sizes = browser.execute_script(
