@@ -1,0 +1,332 @@
+"""Attention faithfulness benchmark: every attention method x layer x evidence against ground-truth structures.
+
+For each dataset (phantoms from configs/attrivae_demo.yaml, EMIDEC from configs/attrivae_emidec.yaml,
+IXI from configs/attrivae_ixi.yaml) it trains the Attri-VAE (or takes a run given with
+``--<dataset>-run``; runs trained under ``--out`` are reused), then on the test subjects scores
+the class map and each regularised attribute's map against its structure:
+
+- phantoms: class -> lesion (mask 3), ``cavity_volume_mm3`` -> cavity and wall (1, 2, 3),
+  ``wall_thickness_mm`` -> wall (1, 3); the body is the field of view;
+- EMIDEC: class -> infarct (labels 3 + 4), a cavity attribute -> cavity (1), a myocardium
+  attribute -> myocardium (2 + 3 + 4), infarct volume -> infarct, wall thickness -> myocardium;
+  the body is the left ventricle (labels 1-4: the config masks the images to it);
+- IXI: ``lateral_ventricles_mm3`` -> lateral ventricles (DLMUSE 51, 52), ``hippocampus_mm3`` ->
+  hippocampus (47, 48); the body is the brain (DLMUSE > 0).
+
+Figures (attrivae/faithfulness.py): ROI enrichment (median, 95% bootstrap CI), pointing game,
+IoU of the map thresholded at half its peak, deletion and insertion AUC against 10 random orders
+(Wilcoxon p, paired per subject), the cascading randomisation check, seconds and peak MiB per map.
+
+Usage (repo root):
+    python benchmarks/attention_faithfulness.py [--quick] [--json OUT] [--datasets phantoms emidec ixi]
+        [--phantoms-run RUN] [--emidec-run RUN] [--ixi-run RUN] [--budget-min 15] [--threads 1]
+``--quick``: phantoms only, fewer layers and subjects, a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"phantoms": ROOT / "configs" / "attrivae_demo.yaml", "emidec": ROOT / "configs" / "attrivae_emidec.yaml",
+           "ixi": ROOT / "configs" / "attrivae_ixi.yaml"}
+# dataset -> class structure, attribute structures ((name substring, structure name, labels)), body
+GROUND_TRUTH: dict[str, dict[str, Any]] = {
+    "phantoms": {"class": ("lesion", (3,)), "body": "field of view",
+                 "attributes": (("cavity", "cavity and wall", (1, 2, 3)), ("wall", "wall", (1, 3)))},
+    "emidec": {"class": ("infarct", (3, 4)), "body": "organ",
+               "attributes": (("cavity", "cavity", (1,)), ("myocard", "myocardium", (2, 3, 4)),
+                           ("infarct", "infarct", (3, 4)), ("wall", "myocardium", (2, 3, 4)))},
+    "ixi": {"class": None, "body": "brain",
+            "attributes": (("ventricle", "lateral ventricles", (51, 52)), ("hippocampus", "hippocampus", (47, 48)))},
+}
+
+
+def _candidates(model: Any, quick: bool) -> list[Any]:  # quick: 3 layers, 2 baselines
+    """The (method, layer, baseline) settings compared: layer methods at each usable layer, input methods."""
+    from medlatent.attrivae.attention import MIN_VOXELS, MapSettings, default_layer
+
+    shapes = model.layer_shapes()
+    layers = [n for n, s in shapes.items() if min(s) >= MIN_VOXELS and n != "encoder.residual"]
+    if quick:
+        layers = sorted({layers[0], layers[len(layers) // 2], default_layer(model)}, key=layers.index)
+    out = [MapSettings(method=m, layer=layer) for m in ("hirescam", "gradcam", "guided_gradcam") for layer in layers]
+    baselines = ("blurred", "zeros") if quick else ("blurred", "zeros", "masked")
+    out += [MapSettings(method="integrated_gradients", baseline=b) for b in baselines]
+    out.append(MapSettings(method="occlusion"))
+    return out
+
+
+def _train(dataset: str, out: Path, budget_min: float, quick: bool) -> Path:
+    from medlatent.commands.registry import load_config
+    from medlatent.commands.train import train
+
+    run = out / (f"{dataset}_run" + ("_quick" if quick else ""))
+    if (run / "checkpoints" / "best.pt").is_file() or (run / "checkpoints" / "last.pt").is_file():
+        return run
+    overrides = [f"train.max_minutes={budget_min}", "train.preview=false"]
+    if dataset == "phantoms":
+        from medlatent.transforms.phantoms import write_phantom_dataset
+
+        manifest = write_phantom_dataset(out / "phantoms", n_subjects=48 if quick else 80, shape=(32, 32, 32), seed=0)
+        overrides.append(f"data.manifest={manifest}")
+    if dataset == "emidec":
+        from attrivae_metrics import _emidec_shape_table  # benchmarks/ is on sys.path when run as a script
+
+        _emidec_shape_table(CONFIGS[dataset])  # runs/emidec/shape.csv, when missing
+    return train(load_config(CONFIGS[dataset], overrides), run)
+
+
+def _structure(labels: torch.Tensor, values: tuple[int, ...]) -> torch.Tensor:
+    return torch.isin(labels.round().long(), torch.tensor(values)).float()
+
+
+def _targets(dataset: str, state: Any, amap: Any) -> list[tuple[str, int | None, str, tuple[int, ...]]]:
+    """``(target name, dim, structure name, labels)``: the class (if scored) and each matched attribute."""
+    truth = GROUND_TRUTH[dataset]
+    targets = []
+    if truth["class"] is not None and state.model.classifier is not None:
+        targets.append(("class", None, *truth["class"]))
+    for name, dim in zip(amap.regularized, amap.dims):
+        for key, structure, labels in truth["attributes"]:
+            if key in name.lower():
+                targets.append((name, dim, structure, labels))
+                break
+    return targets
+
+
+def _summary(per_subject: dict[str, list[float]], sanity: dict[str, Any] | None, cost: tuple[float, float],
+             structure: str) -> dict[str, Any]:
+    from medlatent.attrivae.faithfulness import median_ci, paired_p
+
+    median, low, high = median_ci(per_subject["enrichment"])
+    return {
+        "structure": structure, "subjects": len(per_subject["enrichment"]),
+        "enrichment": median, "enrichment_ci": [low, high],
+        "pointing": float(np.mean(per_subject["pointing"])), "iou": float(np.nanmedian(per_subject["iou"])),
+        "deletion_auc": float(np.median(per_subject["deletion_auc"])),
+        "random_deletion_auc": float(np.median(per_subject["random_deletion_auc"])),
+        "deletion_p": paired_p(per_subject["deletion_auc"], per_subject["random_deletion_auc"], "less"),
+        "insertion_auc": float(np.median(per_subject["insertion_auc"])),
+        "random_insertion_auc": float(np.median(per_subject["random_insertion_auc"])),
+        "insertion_p": paired_p(per_subject["insertion_auc"], per_subject["random_insertion_auc"], "greater"),
+        "sanity_pass": None if sanity is None else sanity["passed"],
+        "sanity_trained_rho": None if sanity is None else sanity["trained_rho"],
+        "sanity_max_random_rho": None if sanity is None else sanity["max_random_rho"],
+        "seconds_per_volume": cost[0], "peak_mib_per_volume": cost[1],
+    }
+
+
+def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: int, subjects: int) -> dict[str, Any]:
+    """The full method x layer x evidence table and the defaults' figures for one trained run."""
+    from medlatent.attrivae.attention import (EVIDENCE, attention_maps, blurred, default_settings, map_cell,
+                                              resolve_layer, target_score)
+    from medlatent.attrivae.attributes import AttributeMap
+    from medlatent.attrivae.faithfulness import (deletion_insertion, enrichment, iou, measure_cost, pointing_game,
+                                                 random_orders, randomization_check)
+    from medlatent.attrivae.task import plain
+    from medlatent.commands.attention import item_spacing
+    from medlatent.commands.runs import load_run
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
+
+    state = load_run(run, "attention")
+    model = state.model
+    amap = AttributeMap.load(state.run)
+    records, _ = load_split_records(state.cfg["data"])
+    test = records["test"][:subjects]
+    data = make_dataset(test, {**state.cfg["data"], "cache": "none", "augment": []}, train=False)
+    items = [data[i] for i in range(len(data))]
+    spacing = item_spacing(items[0])
+    x_all = torch.stack([plain(i["image"]).float() for i in items]).to(state.device)
+    labels = torch.stack([plain(i["mask"]).float() for i in items])
+    # the brain (IXI) or the left ventricle (EMIDEC, whose images are masked to it); the phantoms' field of view
+    body_all = torch.ones_like(labels) if GROUND_TRUTH[dataset]["body"] == "field of view" else (labels > 0).float()
+    positive = [int(r.get("label", 0) or 0) == 1 for r in test]
+    candidates = _candidates(model, quick)
+    rows, defaults = [], {"class": None, "attributes": {}}
+    for target, dim, structure_name, structure_labels in _targets(dataset, state, amap):
+        structure_all = _structure(labels, structure_labels)
+        keep = [i for i in range(len(items)) if structure_all[i].sum() > 0 and (dim is not None or positive[i])]
+        x, structure, body = x_all[keep], structure_all[keep], body_all[keep]
+        fill = blurred(x)
+        random_cache: dict[tuple[int, str], dict[str, float]] = {}
+        n_sanity = min(len(keep), 2 if quick else 4)
+        print(f"[{dataset}] {target}: {len(keep)} test subjects, structure {structure_name} {structure_labels}",
+              flush=True)
+        for settings in candidates:
+            layer = resolve_layer(model, settings.layer)[0] if settings.uses_layer else "input"
+            started = time.perf_counter()
+            maps, seconds, peak = measure_cost(lambda: attention_maps(model, x[:1], dim, settings, spacing=spacing))
+            passes = 2 if settings.method == "guided_gradcam" else 1
+            rest = attention_maps(model, x[1:], dim, settings, spacing=spacing) if len(keep) > 1 else None
+            maps = {e: torch.cat([maps[e], rest[e]]) if rest is not None else maps[e] for e in EVIDENCE}
+            few = 1 if settings.method == "occlusion" else n_sanity
+            sanity = randomization_check(lambda m, v: attention_maps(m, v, dim, settings, spacing=spacing), model,
+                                         x[:few])
+            cell = map_cell(model, settings)
+            for evidence in EVIDENCE:
+                cams = maps[evidence].cpu()
+                per = {"enrichment": enrichment(cams, structure, body).tolist(),
+                       "pointing": pointing_game(cams, structure, cell).tolist(),
+                       "iou": iou(cams, structure).tolist()}
+                sign = "negative" if evidence == "negative" else "positive"
+                for key in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"):
+                    per[key] = []
+                for i in range(len(keep)):
+                    volume = x[i:i + 1]
+                    score = target_score(model, volume, dim, evidence)
+                    if (i, sign) not in random_cache:
+                        random_cache[(i, sign)] = random_orders(score, volume, fill[i:i + 1], steps, n_random)
+                    result = deletion_insertion(score, volume, maps[evidence][i:i + 1], fill[i:i + 1], steps,
+                                                random_aucs=random_cache[(i, sign)])
+                    for key in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"):
+                        per[key].append(result[key])
+                row = {"target": target, "method": settings.method, "layer": layer, "evidence": evidence,
+                       "baseline": settings.baseline if not settings.uses_layer else None,
+                       **_summary(per, sanity[evidence], (seconds / passes, peak), structure_name)}
+                rows.append(row)
+            print(f"  {settings.method:21s} {layer:17s} {time.perf_counter() - started:6.1f} s "
+                  f"(enrichment +/-/abs: {', '.join(_fmt(r['enrichment']) for r in rows[-3:])})", flush=True)
+        for kind_settings in default_settings("class" if dim is None else "attribute"):
+            layer = resolve_layer(model, kind_settings.layer)[0] if kind_settings.uses_layer else "input"
+            match = next(r for r in rows if r["target"] == target and r["method"] == kind_settings.method
+                         and r["layer"] == layer and r["evidence"] == kind_settings.evidence
+                         and r["baseline"] in (None, kind_settings.baseline))
+            if dim is None:
+                defaults["class"] = match
+            else:
+                defaults["attributes"].setdefault(target, {"maps": []})["maps"].append(match)
+    for target, entry in defaults["attributes"].items():
+        # an attribute exports two maps (both evidences): its figure is the one on its structure
+        best = max(entry["maps"], key=lambda r: -np.inf if r["enrichment"] != r["enrichment"] else r["enrichment"])
+        defaults["attributes"][target] = {**best, "maps": entry["maps"]}
+    return {"run": str(run), "test_subjects": len(items), "spacing_mm": list(spacing), "default": defaults,
+            "methods": rows}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float) and not np.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(dataset: str, result: dict[str, Any]) -> str:
+    """Markdown tables, one per target: method x layer x evidence."""
+    lines = [f"### {dataset} ({result['test_subjects']} test subjects, run {result['run']})"]
+    targets = dict.fromkeys(r["target"] for r in result["methods"])
+    for target in targets:
+        rows = [r for r in result["methods"] if r["target"] == target]
+        lines += ["", f"{target} -> {rows[0]['structure']} ({rows[0]['subjects']} subjects)", "",
+                  "| method | layer | evidence | enrichment (95% CI) | pointing | IoU | deletion AUC vs random (p) "
+                  "| insertion AUC vs random (p) | sanity (rho trained / random) | s per map | MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            method = r["method"] + (f" ({r['baseline']})" if r["baseline"] else "")
+            lines.append(
+                f"| {method} | {r['layer']} | {r['evidence']} | {_fmt(r['enrichment'])} ({_fmt(r['enrichment_ci'][0])}-"
+                f"{_fmt(r['enrichment_ci'][1])}) | {_fmt(r['pointing'])} | {_fmt(r['iou'])} | "
+                f"{_fmt(r['deletion_auc'])} vs {_fmt(r['random_deletion_auc'])} ({_fmt(r['deletion_p'], 3)}) | "
+                f"{_fmt(r['insertion_auc'])} vs {_fmt(r['random_insertion_auc'])} ({_fmt(r['insertion_p'], 3)}) | "
+                f"{_fmt(r['sanity_pass'])} ({_fmt(r['sanity_trained_rho'])} / {_fmt(r['sanity_max_random_rho'])}) | "
+                f"{_fmt(r['seconds_per_volume'], 3)} | {_fmt(r['peak_mib_per_volume'], 0)} |")
+    return "\n".join(lines)
+
+
+def _traversal(dataset: str, run: Path, quick: bool) -> dict[str, Any] | None:
+    """Decoded traversals measured independently (``attrivae.traversal.measure_traversal``).
+
+    Phantoms: each decoded step is thresholded and measured (``transforms.phantoms.measure_phantom``).
+    EMIDEC and IXI need the supervised regressor (``attrivae.attribute_regressor``); not run here.
+    """
+    if dataset != "phantoms":
+        return None
+    from medlatent.attrivae.attributes import AttributeMap
+    from medlatent.attrivae.task import plain
+    from medlatent.attrivae.traversal import measure_traversal
+    from medlatent.commands.attention import item_spacing
+    from medlatent.commands.runs import load_run
+    from medlatent.transforms.phantoms import measure_phantom
+    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.records import load_split_records
+
+    state = load_run(run, "traverse")
+    amap = AttributeMap.load(state.run)
+    records, _ = load_split_records(state.cfg["data"])
+    test = records["test"][: (6 if quick else 20)]
+    data = make_dataset(test, {**state.cfg["data"], "cache": "none", "augment": []}, train=False)
+    items = [data[i] for i in range(len(data))]
+    spacing = item_spacing(items[0])
+    x = torch.stack([plain(i["image"]).float() for i in items])
+
+    def measure(volumes: torch.Tensor) -> dict[str, list[float]]:
+        rows = [measure_phantom(v[0].cpu().numpy(), spacing) for v in volumes]
+        return {k: [r[k] for r in rows] for k in rows[0]}
+
+    sd = {name: float(np.std([float(r[name]) for r in records["train"]])) for name in amap.regularized}
+    return measure_traversal(state.model, x, amap, measure, sd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="phantoms only, fewer layers and subjects")
+    parser.add_argument("--json", type=Path, help="write the results as JSON")
+    parser.add_argument("--datasets", nargs="+", choices=sorted(CONFIGS), default=["phantoms", "emidec", "ixi"])
+    for name in CONFIGS:
+        parser.add_argument(f"--{name}-run", type=Path, help=f"a trained {name} Attri-VAE run to score instead")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_attention", help="runs are kept here")
+    parser.add_argument("--budget-min", type=float, default=15.0, help="training minutes per run (default 15)")
+    parser.add_argument("--random-orders", type=int, default=10, help="random deletion orders (default 10)")
+    parser.add_argument("--steps", type=int, default=16, help="points of a deletion curve minus one (default 16)")
+    parser.add_argument("--subjects", type=int, help="test subjects scored (default 12 with --quick, else 40)")
+    parser.add_argument("--all-candidates", action="store_true",
+                        help="every usable layer and all three baselines (default: 3 layers, 2 baselines)")
+    parser.add_argument("--threads", type=int, help="torch threads (on a shared CPU 1 is faster)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets = ["phantoms"] if args.quick else args.datasets
+    results: dict[str, Any] = {"quick": args.quick, "cpu": _cpu(), "threads": torch.get_num_threads(), "traversal": {}}
+    for dataset in datasets:
+        given = getattr(args, f"{dataset}_run")
+        if given is None and not CONFIGS[dataset].is_file():
+            print(f"[{dataset}] skipped: {CONFIGS[dataset]} not found", flush=True)
+            continue
+        run = given or _train(dataset, args.out, min(args.budget_min, 6.0) if args.quick else args.budget_min,
+                              args.quick)
+        results[dataset] = score_dataset(dataset, run, args.quick or not args.all_candidates, args.random_orders,
+                                         args.steps, args.subjects or (12 if args.quick else 40))
+        print(table(dataset, results[dataset]), flush=True)
+        traversal = _traversal(dataset, run, args.quick)
+        if traversal is not None:
+            results["traversal"][dataset] = traversal
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
