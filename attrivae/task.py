@@ -16,6 +16,7 @@ from medlatent.attrivae.losses import attrivae_loss
 from medlatent.attrivae.model import AttriVAE
 from medlatent.engine import Task
 from medlatent.metrics import reconstruction_metrics
+from medlatent.precision import full_precision
 
 __all__ = ["AttriVAETask", "plain"]
 
@@ -79,7 +80,8 @@ class AttriVAETask(Task):
         x = plain(batch["image"]).float()
         out = model(x, sample=False)  # z = mu: the deterministic representation
         values = {k: v.detach().cpu() for k, v in self._loss(out, batch, x).items()}
-        values.update(reconstruction_metrics(out["recon"], x))
+        with full_precision(x):  # metrics in fp32 under autocast
+            values.update(reconstruction_metrics(out["recon"], x))
         mu = out["mu"].detach().float().cpu()
         self._mu.append(mu.numpy())
         if batch.get("attrs") is not None and self.attributes.names:

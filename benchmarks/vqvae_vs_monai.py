@@ -9,9 +9,14 @@ that peak RSS is its own), one after the other.
 
 Reported per model: test SSIM, PSNR, MAE, fraction of codes used on the test set, training
 volumes per second, FLOPs per training step (torch.utils.flop_counter) and achieved GFLOP/s,
-peak RSS, parameters.
+peak RSS, parameters, and the precision and layout both models ran in with the fraction of this
+machine's measured GEMM peak in that precision (benchmarks/hardware_peak.py) the step reaches.
 
-    python benchmarks/vqvae_vs_monai.py [--budget-min 15] [--json OUT] [--adrenal | --adrenal-only]
+``--precision`` (auto, fp32, bf16; default auto: what ``train.precision: auto`` picks here) and
+``--channels-last`` (true, false, auto; default true, our VQ-VAE's own default) apply to both models alike, so a speed-up comes from the
+model, not from a better setting; each model's entry records ``precision`` and ``channels_last``.
+
+    python benchmarks/vqvae_vs_monai.py [--budget-min 15] [--precision auto] [--json OUT] [--adrenal | --adrenal-only]
 
 ``--adrenal`` also trains ours on configs/vqvae3d_adrenal.yaml for the budget and reports
 test SSIM and the Dice of the reconstruction thresholded at 0.5 against the input's mask. That
@@ -39,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 from medlatent.io import write_text_atomic  # noqa: E402 - after the path set-up above
 
 BATCH, LR, SEED = 4, 1.0e-3, 0
-KEYS = ("ssim", "psnr", "mae", "codes_used_frac", "vol_per_s", "gflop_per_step", "gflops_per_s", "peak_rss_mb",
-        "params")
+KEYS = ("precision", "ssim", "psnr", "mae", "codes_used_frac", "vol_per_s", "gflop_per_step", "gflops_per_s",
+        "peak_fraction", "peak_rss_mb", "params")
 
 
 def monai_model() -> torch.nn.Module:
@@ -95,11 +100,13 @@ def forward(kind: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.T
 
 
 def train_step(kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               recon: str = "l1") -> None:
+               recon: str = "l1", precision: Any = None) -> None:
+    from medlatent import precision as precision_lib
     from medlatent.vqvae3d.model import reconstruction_loss
 
-    reconstruction, q_loss = forward(kind, model, x)
-    loss = reconstruction_loss(reconstruction, x, recon).mean() + q_loss
+    with precision_lib.autocast(precision or precision_lib.Precision()):
+        reconstruction, q_loss = forward(kind, model, x)
+    loss = reconstruction_loss(reconstruction.float(), x, recon).mean() + q_loss.float()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -124,25 +131,35 @@ def peak_rss_mb() -> float:
 
 
 def run_model(kind: str, data_file: str, budget_s: float, cfg: dict[str, Any], target_params: int | None,
-              queue: Any, dice: bool = False) -> None:
-    """Train one model for ``budget_s`` seconds and put its figures on ``queue`` (runs in a child process)."""
+              queue: Any, dice: bool = False, setting: tuple[str, bool] = ("fp32", True), peak: float | None = None,
+              ) -> None:
+    """Train one model for ``budget_s`` seconds and put its figures on ``queue`` (runs in a child process).
+
+    ``setting``: (precision name, channels_last) for both models; ``peak``: this machine's GEMM GFLOP/s
+    in that precision, for ``peak_fraction``.
+    """
     import copy
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    from medlatent import precision as precision_lib
     from medlatent.metrics import reconstruction_metrics
 
+    precision = precision_lib.Precision("cpu", setting[0], channels_last=setting[1])
     torch.manual_seed(SEED)
     data = torch.load(data_file, weights_only=True)
-    train, test = data["train"], data["test"]
+    train, test = (precision_lib.to_layout(data[k], precision) for k in ("train", "test"))
+    cfg = copy.deepcopy(cfg)
+    cfg["net"]["channels_last"] = precision.channels_last  # our model's own layout switch follows the setting
     model = monai_model() if kind == "monai" else our_model(cfg, target_params)
+    model = precision_lib.prepare_model(model, precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     # FLOPs of one training step, on a copy so the measured run starts from the same state
     probe_model = copy.deepcopy(model)
     probe_opt = torch.optim.Adam(probe_model.parameters(), lr=LR)
     with FlopCounterMode(display=False) as counter:
-        train_step(kind, probe_model, probe_opt, train[:BATCH], cfg["loss"]["recon"])
+        train_step(kind, probe_model, probe_opt, train[:BATCH], cfg["loss"]["recon"], precision)
     flops = counter.get_total_flops()
     del probe_model, probe_opt
 
@@ -152,7 +169,7 @@ def run_model(kind: str, data_file: str, budget_s: float, cfg: dict[str, Any], t
     while time.perf_counter() - started < budget_s:
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(order) - BATCH + 1, BATCH):
-            train_step(kind, model, optimizer, train[order[start:start + BATCH]], cfg["loss"]["recon"])
+            train_step(kind, model, optimizer, train[order[start:start + BATCH]], cfg["loss"]["recon"], precision)
             volumes += BATCH
             steps += 1
             if time.perf_counter() - started >= budget_s:
@@ -163,10 +180,11 @@ def run_model(kind: str, data_file: str, budget_s: float, cfg: dict[str, Any], t
     sums: dict[str, float] = {}
     used: set[int] = set()
     dice_sum, n = 0.0, 0
-    with torch.no_grad():
+    with precision_lib.inference(precision):
         for start in range(0, len(test), BATCH):
             x = test[start:start + BATCH]
             reconstruction, _ = forward(kind, model, x)
+            reconstruction = reconstruction.float()
             for key, values in reconstruction_metrics(reconstruction, x, data_range=1.0).items():
                 sums[key] = sums.get(key, 0.0) + float(values.sum())
             used.update(code_indices(kind, model, x).unique().tolist())
@@ -181,7 +199,8 @@ def run_model(kind: str, data_file: str, budget_s: float, cfg: dict[str, Any], t
         "ssim": sums["ssim"] / n, "psnr": sums["psnr"] / n, "mae": sums["mae"] / n,
         "codes_used_frac": len(used) / codes, "vol_per_s": volumes / seconds,
         "gflop_per_step": flops / 1e9, "gflops_per_s": flops * steps / seconds / 1e9,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "precision": precision.name, "channels_last": precision.channels_last,
+        "peak_gflops": peak, "peak_fraction": flops * steps / seconds / 1e9 / peak if peak else None,
         "params": count(model), "train_seconds": seconds, "train_volumes": volumes, "n_test": n,
     }
     if dice:
@@ -189,10 +208,10 @@ def run_model(kind: str, data_file: str, budget_s: float, cfg: dict[str, Any], t
     queue.put(result)
 
 
-def in_child(*args: Any) -> dict[str, Any]:
+def in_child(*args: Any, **kwargs: Any) -> dict[str, Any]:
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=run_model, args=(*args[:5], queue, *args[5:]))
+    process = context.Process(target=run_model, args=(*args[:5], queue, *args[5:]), kwargs=kwargs)
     process.start()
     result = queue.get()
     process.join()
@@ -202,14 +221,15 @@ def in_child(*args: Any) -> dict[str, Any]:
 def table(results: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> str:
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, values in results.items():
-        cells = [f"{values[k]:.4g}" if isinstance(values[k], float) else str(values[k]) for k in keys]
+        cells = [f"{values.get(k):.4g}" if isinstance(values.get(k), float) else str(values.get(k)) for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def compare_on_ixi(tmp: Path, budget_s: float, budget_min: float) -> dict[str, Any]:
-    """Ours against MONAI's VQVAE on the IXI config, L1 + quantizer loss, ``budget_s`` each."""
-    from medlatent.config import load_config
+def compare_on_ixi(tmp: Path, budget_s: float, budget_min: float, setting: tuple[str, bool],
+                   peak: float | None) -> dict[str, Any]:
+    """Ours against MONAI's VQVAE on the IXI config, L1 + quantizer loss, ``budget_s`` each, both in ``setting``."""
+    from medlatent.commands.registry import load_config
 
     cfg = load_config(ROOT / "configs" / "vqvae3d_ixi.yaml")
     cfg["loss"]["recon"] = "l1"
@@ -218,7 +238,7 @@ def compare_on_ixi(tmp: Path, budget_s: float, budget_min: float) -> dict[str, A
     results = {}
     for kind in ("medlatent", "monai"):
         print(f"training {kind} for {budget_min} min ...", flush=True)
-        results[kind] = in_child(kind, str(data), budget_s, cfg, target)
+        results[kind] = in_child(kind, str(data), budget_s, cfg, target, setting=setting, peak=peak)
     print(table(results, KEYS))
     ours, theirs = results["medlatent"], results["monai"]
     print(f"\nparams ratio {ours['params'] / theirs['params']:.3f}, throughput ratio "
@@ -227,15 +247,29 @@ def compare_on_ixi(tmp: Path, budget_s: float, budget_min: float) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from medlatent.config import load_config
+    from medlatent.commands.registry import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-min", type=float, default=15.0, help="training minutes per model (default 15)")
     parser.add_argument("--json", help="write the figures here as JSON")
     parser.add_argument("--adrenal", action="store_true", help="also train ours on AdrenalMNIST3D 64")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="both models' autocast precision (auto: what train.precision auto picks on this CPU)")
+    parser.add_argument("--channels-last", choices=("auto", "true", "false"), default="true",
+                        help="both models' memory layout (default true: our VQ-VAE's own net.channels_last default, "
+                             "the faster layout on CPU; auto: what train.channels_last auto picks)")
     parser.add_argument("--adrenal-only", action="store_true", help="skip the IXI comparison (implies --adrenal)")
     args = parser.parse_args(argv)
     budget_s = args.budget_min * 60
+    from hardware_peak import gemm_gflops
+
+    from medlatent import precision as precision_lib
+
+    layout = args.channels_last if args.channels_last == "auto" else args.channels_last == "true"
+    resolved = precision_lib.resolve({"precision": args.precision, "channels_last": layout}, "cpu")
+    setting = (resolved.name, resolved.channels_last)
+    peak = gemm_gflops(resolved.dtype or torch.float32, torch.device("cpu"))
+    print(f"both models: {resolved.describe()}; measured GEMM peak in {resolved.name}: {peak:.1f} GFLOP/s", flush=True)
 
     import os
 
@@ -243,12 +277,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.adrenal_only:
-            results.update(compare_on_ixi(Path(tmp), budget_s, args.budget_min))
+            results.update(compare_on_ixi(Path(tmp), budget_s, args.budget_min, setting, peak))
         if args.adrenal or args.adrenal_only:
             adrenal = load_config(ROOT / "configs" / "vqvae3d_adrenal.yaml")  # its own loss (mse): L1 empties sparse masks
             data = load_split(adrenal, Path(tmp) / "adrenal.pt")
             print(f"training medlatent on AdrenalMNIST3D for {args.budget_min} min ...", flush=True)
-            results["adrenal"] = in_child("medlatent", str(data), budget_s, adrenal, None, True)
+            results["adrenal"] = in_child("medlatent", str(data), budget_s, adrenal, None, True, setting=setting, peak=peak)
             print(table({"medlatent (adrenal)": results["adrenal"]}, ("ssim", "dice", "psnr", "codes_used_frac",
                                                                        "vol_per_s")))
     if args.json:

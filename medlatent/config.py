@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medlatent.errors import InputError
 
@@ -46,7 +46,22 @@ class TrainSection(Section):
     seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
-    amp: bool = True
+    amp: bool = Field(True, description="false keeps train.precision auto at fp32 (the switch before train.precision)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: bf16 on CUDA and on CPUs with native bf16, fp16 on older CUDA, "
+                            "else fp32 (medlatent/precision.py)")
+    channels_last: Any = Field(
+        "auto", description="auto, true or false: models and batches in channels_last_3d; auto: on CUDA in bf16/fp16 only")
+    compile: bool = Field(False, description="torch.compile the training model")
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> str | bool:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError("must be auto, true or false")
     best_metric: str = "val_loss"
     best_mode: Literal["min", "max"] = "min"
     max_minutes: float | None = Field(None, gt=0, description="training-time budget over all of a run's invocations")

@@ -12,10 +12,11 @@ __all__ = ["init_distributed", "is_main", "world_size", "rank", "all_reduce_sum"
 
 
 def init_distributed() -> bool:
-    """Join the process group that ``torchrun`` describes in the environment; True if distributed."""
+    """Join the process group that ``torchrun`` describes in the environment (even of one process); True if distributed."""
     if dist.is_available() and dist.is_initialized():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    # torchrun sets both, also for one process: DDP with one process exercises the same paths (nccl on CUDA)
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

@@ -2,7 +2,7 @@
 
 A family describes *what* a step computes with a ``Task`` (loss, per-volume validation
 figures, a preview); the engine owns *how* training runs: optimiser and schedule,
-device and AMP, DDP under ``torchrun``, seeding, validation each epoch, ``metrics.csv``,
+device, precision and layout (medlatent/precision.py), DDP under ``torchrun``, seeding, validation each epoch, ``metrics.csv``,
 TensorBoard, figures, atomic ``last.pt``/``best.pt`` and ``--resume``.
 
 Determinism: every random draw of epoch ``e`` on rank ``r`` (shuffling, augmentation,
@@ -14,7 +14,6 @@ schedule or the stop (wall-clock time does not replay).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
@@ -35,12 +34,14 @@ from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from medlatent import distributed as dist_utils
+from medlatent import precision as precision_lib
 from medlatent.errors import InputError
 from medlatent.figures import save_curves, save_slice_grid
 from medlatent.io import atomic_path, write_text_atomic
+from medlatent.precision import Precision
 from medlatent.runs import load_checkpoint
 
-__all__ = ["Task", "fit", "run_evaluation", "seed_everything", "to_device", "make_loader"]
+__all__ = ["Task", "fit", "run_evaluation", "check_finite_loss", "seed_everything", "to_device", "make_loader"]
 
 
 class Task:
@@ -98,10 +99,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
-                sampler: Any = None, generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
-    """A MONAI DataLoader with the collate function that keeps MetaTensor metadata."""
+                sampler: Any = None, generator: torch.Generator | None = None, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
+    """A MONAI DataLoader with the collate function that keeps MetaTensor metadata.
+
+    ``pin_memory`` (for CUDA): batches in page-locked memory, so ``to_device``'s non-blocking copy overlaps.
+    """
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, generator=generator, drop_last=drop_last,
+                      num_workers=num_workers, generator=generator, drop_last=drop_last, pin_memory=pin_memory,
                       collate_fn=list_data_collate, persistent_workers=False)
 
 
@@ -136,28 +141,55 @@ def lr_factor(schedule: str, progress: float) -> float:
     raise InputError(f"config key train.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
-def _autocast(device: torch.device, enabled: bool):
-    # bfloat16 needs no loss scaling, so the loop stays the same on CPU and GPU
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def check_finite_loss(loss: torch.Tensor, batch: dict[str, Any], where: str, after: str = "",
+                      distributed: bool = False) -> None:
+    """Raise InputError if ``loss`` (scalar or ``[B]`` per volume) holds NaN/Inf, naming the subjects concerned.
+
+    A per-volume loss names exactly the volumes that are not finite; a batch loss names the
+    whole batch. ``after`` ends the message (what happens to the run). With ``distributed``
+    every rank learns whether any rank failed, so all stop together instead of hanging.
+    """
+    finite = torch.isfinite(loss.detach()).reshape(-1)
+    stop = not bool(finite.all())
+    if distributed:
+        flag = torch.tensor([float(stop)], dtype=torch.float64)
+        stop = dist_utils.all_reduce_max(flag).item() > 0
+    if not stop:
+        return
+    subjects = list(batch.get("subject") or [])
+    if bool(finite.all()):
+        culprits = "on another rank's batch"
+    elif not subjects:
+        culprits = "on a batch without subject names"
+    else:
+        if len(finite) == len(subjects):
+            subjects = [s for s, ok in zip(subjects, finite.tolist()) if not ok]
+        culprits = f"on subject(s) {', '.join(map(str, subjects))}"
+    raise InputError(f"non-finite loss {where} {culprits}: check those volumes for NaN/Inf voxels "
+                     f"(medlatent data check) or lower train.lr{after}")
 
 
-def run_evaluation(task: Task, model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
-                   progress: str | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """One pass of ``task.validation_step`` over ``loader`` without gradients.
+def run_evaluation(task: Task, model: nn.Module, loader: Iterable, device: torch.device,
+                   precision: Precision | None = None, progress: str | None = None,
+                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One pass of ``task.validation_step`` over ``loader`` in inference mode, in ``precision`` (default fp32).
 
     Returns the mean of every per-volume figure plus the task's epoch-level figures, and
     one row per volume (``subject`` first) for ``per_subject.csv``.
+
+    Raises:
+        InputError: a non-finite ``loss`` of a volume, naming the batch's subjects.
     """
+    precision = precision or Precision(device.type)
     model.eval()
     task.epoch_start("val")
     rows: list[dict[str, Any]] = []
-    with torch.no_grad():
+    with precision_lib.inference(precision):
         for batch in tqdm(loader, desc=progress, disable=progress is None or not dist_utils.is_main(), leave=False):
-            batch = to_device(batch, device)
-            with _autocast(device, amp):
-                values = task.validation_step(model, batch)
+            batch = precision_lib.to_layout(to_device(batch, device), precision)
+            values = task.validation_step(model, batch)
+            if "loss" in values:
+                check_finite_loss(values["loss"], batch, f"in {progress or 'validation'}")
             subjects = batch.get("subject") or [f"#{len(rows) + i}" for i in range(len(next(iter(values.values()))))]
             for i, subject in enumerate(subjects):
                 rows.append({"subject": subject, **{k: float(v[i]) for k, v in values.items()}})
@@ -195,145 +227,232 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, 
     """Train ``task.model`` on ``train_set`` and validate on ``val_set`` each epoch.
 
     Writes into ``run_dir``: ``checkpoints/last.pt`` (every epoch), ``checkpoints/best.pt``
-    (best ``train.best_metric``), ``metrics.csv``, ``tb/`` and ``figures/``. With
-    ``resume`` it continues after the last completed epoch of ``checkpoints/last.pt``.
-    Training ends after ``train.epochs`` or once the run's time (over all its invocations,
-    validation included) passes ``train.max_minutes``; ``train.schedule`` follows whichever
-    comes first (``lr_factor``). Returns the per-epoch history (also in ``metrics.csv``).
+    (best ``train.best_metric``), ``metrics.csv`` (with the precision and layout used),
+    ``tb/`` and ``figures/``. With ``resume`` it continues after the last completed epoch of
+    ``checkpoints/last.pt``. Training ends after ``train.epochs`` or once the run's time (over
+    all its invocations, validation included) passes ``train.max_minutes``; ``train.schedule``
+    follows whichever comes first (``lr_factor``). Returns the per-epoch history (also in
+    ``metrics.csv``).
+
+    Raises:
+        InputError: a non-finite loss on a training or validation batch (naming its subjects);
+            the checkpoints of earlier epochs are kept, nothing of the failing epoch is saved.
     """
-    run_dir = Path(run_dir)
-    train_cfg = cfg["train"]
-    distributed = dist_utils.init_distributed()
-    rank, main = dist_utils.rank(), dist_utils.is_main()
-    device = dist_utils.pick_device()
-    amp = bool(train_cfg["amp"]) and device.type == "cuda"
-    seed = int(train_cfg["seed"])
-
-    model = task.model.to(device)
-    optimizer = _optimizer(model.parameters(), train_cfg)
-    schedule, base_lr = train_cfg["schedule"], float(train_cfg["lr"])
-    history: list[dict[str, float]] = []
-    best: float | None = None
-    start_epoch = 0
-    seconds_before = 0.0  # training time of earlier invocations of this run (--resume)
-    ckpt_dir = run_dir / "checkpoints"
+    trainer = _Trainer(task, train_set, val_set, cfg, Path(run_dir))
     if resume:
-        state = load_checkpoint(ckpt_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, best = int(state["epoch"]), list(state["history"]), state["best"]
+        trainer.restore()
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer.history
+
+
+class _Trainer:
+    """The state of one :func:`fit` call, its steps as methods: restore, train (epochs), checkpoint."""
+
+    def __init__(self, task: Task, train_set: Dataset, val_set: Dataset | None, cfg: dict[str, Any],
+                 run_dir: Path) -> None:
+        self.task, self.train_set, self.cfg, self.run_dir = task, train_set, cfg, run_dir
+        self.train_cfg = train_cfg = cfg["train"]
+        self.distributed = dist_utils.init_distributed()
+        self.rank, self.main = dist_utils.rank(), dist_utils.is_main()
+        self.device = dist_utils.pick_device()
+        self.precision = precision_lib.resolve(train_cfg, self.device)
+        self.seed = int(train_cfg["seed"])
+        self.model = precision_lib.prepare_model(task.model.to(self.device), self.precision)
+        self.optimizer = _optimizer(self.model.parameters(), train_cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
+        self.history: list[dict[str, float]] = []
+        self.skipped_steps = 0
+        self.best: float | None = None
+        self.start_epoch = 0
+        self.seconds_before = 0.0  # training time of earlier invocations of this run (--resume)
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.train_model = self._training_model()
+        self.sampler = DistributedSampler(train_set, shuffle=True, seed=self.seed, drop_last=True) \
+            if self.distributed else None
+        self.generator = torch.Generator()
+        batch_size, workers = int(train_cfg["batch_size"]), int(train_cfg["num_workers"])
+        pin = self.device.type == "cuda"  # page-locked batches let the copy to the GPU overlap the step
+        self.train_loader = make_loader(train_set, batch_size, workers, shuffle=True, sampler=self.sampler,
+                                        generator=self.generator, pin_memory=pin,
+                                        drop_last=len(train_set) // dist_utils.world_size() > batch_size)
+        self.val_loader = make_loader(val_set, batch_size, workers, pin_memory=pin) \
+            if val_set is not None and len(val_set) else None
+        self.budget_s = float(train_cfg["max_minutes"]) * 60 if train_cfg.get("max_minutes") else math.inf
+        self.epochs = int(train_cfg["epochs"])
+        self.writer: Any = None
+        self.started = time.perf_counter()
+
+    def _training_model(self) -> nn.Module:
+        model: nn.Module = self.model
+        if self.distributed:
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.precision.compile:
+            model = torch.compile(model)
+        return model
+
+    def restore(self) -> None:
+        """Continue from ``checkpoints/last.pt``: weights, optimiser, scaler, history, best and time spent."""
+        state = load_checkpoint(self.ckpt_dir / "last.pt")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.history, self.best = int(state["epoch"]), list(state["history"]), state["best"]
         # checkpoints written before the budget spanned resumes lack it: they get a fresh budget
-        seconds_before = float(state.get("train_seconds", 0.0))
+        self.seconds_before = float(state.get("train_seconds", 0.0))
 
-    train_model: nn.Module = model
-    if distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if distributed else None
-    generator = torch.Generator()
-    batch_size = int(train_cfg["batch_size"])
-    train_loader = make_loader(train_set, batch_size, int(train_cfg["num_workers"]), shuffle=True, sampler=sampler,
-                               generator=generator, drop_last=len(train_set) // dist_utils.world_size() > batch_size)
-    val_loader = make_loader(val_set, batch_size, int(train_cfg["num_workers"])) if val_set is not None and len(val_set) else None
-
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if resume else None)
-    budget_s = float(train_cfg["max_minutes"]) * 60 if train_cfg.get("max_minutes") else math.inf
-    epochs = int(train_cfg["epochs"])
-    started = time.perf_counter()
-
-    def run_seconds() -> float:
-        seconds = torch.tensor([seconds_before + time.perf_counter() - started], dtype=torch.float64)
-        if math.isfinite(budget_s):
+    def run_seconds(self) -> float:
+        """Training time of the run so far, the same on every rank."""
+        seconds = torch.tensor([self.seconds_before + time.perf_counter() - self.started], dtype=torch.float64)
+        if math.isfinite(self.budget_s):
             # every rank must see the same clock, or they pick different learning rates and
             # leave the loop at different steps (a DDP hang)
             dist_utils.all_reduce_max(seconds)
         return float(seconds)
 
-    best_key, best_mode = train_cfg["best_metric"], train_cfg["best_mode"]
+    def train(self) -> None:
+        """Epochs from ``start_epoch`` until ``train.epochs`` or the time budget."""
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
 
-    for epoch in range(start_epoch, epochs):
-        if run_seconds() >= budget_s:  # a resumed run whose budget is already spent
-            break
-        epoch_seed = _epoch_seed(seed, epoch, rank)
+            self.writer = SummaryWriter(str(self.run_dir / "tb"),
+                                        purge_step=self.start_epoch + 1 if self.start_epoch else None)
+            self.writer.add_text("precision", self.precision.describe(), self.start_epoch + 1)
+            print(f"precision: {self.precision.describe()}")
+        self.started = time.perf_counter()
+        for epoch in range(self.start_epoch, self.epochs):
+            if self.run_seconds() >= self.budget_s:  # a resumed run whose budget is already spent
+                break
+            epoch_started = time.perf_counter()
+            row = self._train_epoch(epoch)
+            is_best = self._validate_and_log(row, epoch_started) if self.main else False
+            # one clock reading decides the stop and is what the checkpoint keeps, so a run stopped
+            # on its budget is still out of time when resumed (validation and figures count too)
+            elapsed = self.run_seconds()
+            if self.main:
+                self._checkpoint(epoch, elapsed, is_best)
+            dist_utils.barrier()
+            if elapsed >= self.budget_s:  # every rank read the same clock, so all stop here together
+                break
+
+    def _seed_epoch(self, epoch: int) -> None:
+        epoch_seed = _epoch_seed(self.seed, epoch, self.rank)
         seed_everything(epoch_seed)
-        generator.manual_seed(epoch_seed)
+        self.generator.manual_seed(epoch_seed)
         # MONAI random transforms keep their own RandomState; with num_workers=0 the
         # DataLoader seeds it only once, so reseed it every epoch for exact resume
-        set_rnd(train_set, epoch_seed)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        epoch_started = time.perf_counter()
-        train_model.train()
-        task.epoch_start("train")
+        set_rnd(self.train_set, epoch_seed)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set; returns the epoch's row of ``metrics.csv`` so far."""
+        self._seed_epoch(epoch)
+        self.train_model.train()
+        self.task.epoch_start("train")
         sums: dict[str, float] = defaultdict(float)
         count = 0
-        steps = max(1, len(train_loader))
-        elapsed = run_seconds()
-        for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not main,
-                                          leave=False)):
+        steps = max(1, len(self.train_loader))
+        elapsed = self.run_seconds()
+        for step, batch in enumerate(tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}",
+                                          disable=not self.main, leave=False)):
             # the schedule follows whichever ends the run first, the epochs or the time budget, so a
             # budgeted run (epochs set far too high) still anneals; set per step, as a budget may
             # end inside the first epoch
-            progress = max((epoch + step / steps) / epochs, elapsed / budget_s)
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr * lr_factor(schedule, progress)
-            batch = to_device(batch, device)
-            with _autocast(device, amp):
-                loss, logs = task.training_step(train_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_cfg.get("grad_clip"):
-                nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
-            optimizer.step()
+            progress = max((epoch + step / steps) / self.epochs, elapsed / self.budget_s)
+            logs = self._step(batch, progress, f"at epoch {epoch + 1}, step {step + 1}")
             size = _batch_size(batch)
             for key, value in logs.items():
                 sums[key] += float(value) * size
             count += size
-            elapsed = run_seconds()
-            if elapsed > budget_s:
+            elapsed = self.run_seconds()
+            if elapsed > self.budget_s:
                 break
         totals = torch.tensor([count] + [sums[k] for k in sorted(sums)], dtype=torch.float64)
         dist_utils.all_reduce_sum(totals)
-        row: dict[str, float] = {"epoch": epoch + 1}
+        row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({f"train_{k}": float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), totals[1:])})
-        row.update({f"train_{k}": v for k, v in task.epoch_end("train").items()})
+        row.update({f"train_{k}": v for k, v in self.task.epoch_end("train").items()})
         row["train_volumes"] = float(totals[0])
-        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["skipped_steps"] = self.skipped_steps  # updates skipped for non-finite gradients, this invocation
+        row.update(self.precision.record())
+        return row
 
-        if main:
-            if val_loader is not None:
-                val_means, _ = run_evaluation(task, model, val_loader, device, amp)
-                row.update({f"val_{k}": v for k, v in val_means.items()})
-            row["epoch_seconds"] = time.perf_counter() - epoch_started
-            history.append(row)
-            value = row.get(best_key)
-            is_best = _improved(value, best, best_mode)
-            if is_best:
-                best = value
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            _log_epoch(writer, task, model, val_loader, device, history, run_dir, cfg)
-        # one clock reading decides the stop and is what the checkpoint keeps, so a run stopped
-        # on its budget is still out of time when resumed (validation and figures count too)
-        elapsed = run_seconds()
-        if main:
-            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                       "history": history, "best": best, "train_seconds": elapsed}
-            _save_checkpoint(ckpt_dir / "last.pt", payload)
-            if is_best:
-                _save_checkpoint(ckpt_dir / "best.pt", payload)
-        dist_utils.barrier()
-        if elapsed >= budget_s:  # every rank read the same clock, so all stop here together
-            break
-    if writer is not None:
-        writer.close()
-    return history
+    def _step(self, batch: dict[str, Any], progress: float, where: str) -> dict[str, float]:
+        """Forward in the run's precision, the NaN/Inf guard, backward (scaled for fp16), clip, optimiser step."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.train_cfg["lr"]) * lr_factor(self.train_cfg["schedule"], progress)
+        batch = precision_lib.to_layout(to_device(batch, self.device), self.precision)
+        with precision_lib.autocast(self.precision):
+            loss, logs = self.task.training_step(self.train_model, batch)
+        check_finite_loss(loss, batch, where, after=_KEPT, distributed=self.distributed)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if not self.scaler.is_enabled() and not _finite_gradients(self.model):
+            # a finite loss with non-finite gradients: skip the update, as the fp16 scaler does. Seen
+            # with bf16 autocast on CPU: oneDNN's bf16 weight gradient of a 3x3x3 convolution on a
+            # 2x2x2 grid is sometimes NaN (torch 2.13); DDP has reduced the gradients, so every rank skips
+            self.skipped_steps += 1
+            return logs
+        if self.train_cfg.get("grad_clip"):
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.train_cfg["grad_clip"]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logs
+
+    def _validate_and_log(self, row: dict[str, Any], epoch_started: float) -> bool:
+        """Validation, the metrics row, figures and TensorBoard (rank 0); True if the epoch is the best so far."""
+        if self.val_loader is not None:
+            val_means, _ = run_evaluation(self.task, self.model, self.val_loader, self.device, self.precision)
+            row.update({f"val_{k}": v for k, v in val_means.items()})
+        row["epoch_seconds"] = time.perf_counter() - epoch_started
+        self.history.append(row)
+        value = row.get(self.train_cfg["best_metric"])
+        is_best = _improved(value, self.best, self.train_cfg["best_mode"])
+        if is_best:
+            self.best = value
+        _write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+        _log_epoch(self.writer, self.task, self.model, self.val_loader, self.device, self.history, self.run_dir,
+                   self.cfg, self.precision)
+        return is_best
+
+    def _checkpoint(self, epoch: int, elapsed: float, is_best: bool) -> None:
+        """``last.pt`` (and ``best.pt``), refused if any weight is not finite: a NaN model never overwrites a good one."""
+        state = self.model.state_dict()
+        broken = [name for name, tensor in state.items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if broken:
+            raise InputError(f"epoch {epoch + 1}: non-finite weights ({', '.join(broken[:5])}) with finite losses; "
+                             f"lower train.lr or set train.grad_clip{_KEPT}")
+        payload = {"model": state, "optimizer": self.optimizer.state_dict(), "epoch": epoch + 1,
+                   "history": self.history, "best": self.best, "train_seconds": elapsed}
+        if self.scaler.is_enabled():
+            payload["scaler"] = self.scaler.state_dict()
+        _save_checkpoint(self.ckpt_dir / "last.pt", payload)
+        if is_best:
+            _save_checkpoint(self.ckpt_dir / "best.pt", payload)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _finite_gradients(model: nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite (one device sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+_KEPT = "; the run stopped and the checkpoints of earlier epochs are kept"
 
 
 def _log_epoch(writer: Any, task: Task, model: nn.Module, val_loader: Any, device: torch.device,
-               history: list[dict[str, float]], run_dir: Path, cfg: dict[str, Any]) -> None:
+               history: list[dict[str, float]], run_dir: Path, cfg: dict[str, Any], precision: Precision) -> None:
     row = history[-1]
     epoch = int(row["epoch"])
     for key, value in row.items():
@@ -343,8 +462,8 @@ def _log_epoch(writer: Any, task: Task, model: nn.Module, val_loader: Any, devic
     if not cfg["train"].get("preview", True) or val_loader is None:
         return
     model.eval()
-    with torch.no_grad():
-        batch = to_device(next(iter(val_loader)), device)
+    with precision_lib.inference(precision):
+        batch = precision_lib.to_layout(to_device(next(iter(val_loader)), device), precision)
         volumes = task.preview(model, batch)
     if not volumes:
         return

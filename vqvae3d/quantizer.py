@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from medlatent.precision import full_precision
+
 __all__ = ["EMAQuantizer", "perplexity", "codes_used_fraction", "nearest_codes", "d2_sample"]
 
 
@@ -134,19 +136,20 @@ class EMAQuantizer(nn.Module):
         if z.ndim != 5 or z.shape[1] != self.dim:
             raise ValueError(f"expected [B, {self.dim}, d, h, w], got {tuple(z.shape)}")
         b, c, d, h, w = z.shape
-        # quantizer statistics in fp32 even under autocast
-        flat = z.float().permute(0, 2, 3, 4, 1).reshape(-1, c)  # [N, C]
-        if self.training and not bool(self.initialized > 0):
-            self._kmeans_init(flat.detach())
-        indices = nearest_codes(flat.detach(), self.codebook)  # [N]
-        counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)  # [K]
-        self.usage = self.usage + counts.detach().cpu().double()
-        if self.training:
-            self._ema_update(flat.detach(), indices, counts)
-        q = F.embedding(indices, self.codebook).view(b, d, h, w, c).permute(0, 4, 1, 2, 3)
-        q = q.to(z.dtype)
-        loss = self.commitment * F.mse_loss(z, q.detach())
-        q = z + (q - z).detach()  # straight-through estimator
+        # distances, EMA statistics and the commitment loss in fp32 even under autocast (bf16's
+        # 8-bit mantissa would pick wrong nearest codes and drift the EMA sums)
+        with full_precision(z):
+            flat = z.float().permute(0, 2, 3, 4, 1).reshape(-1, c)  # [N, C]
+            if self.training and not bool(self.initialized > 0):
+                self._kmeans_init(flat.detach())
+            indices = nearest_codes(flat.detach(), self.codebook)  # [N]
+            counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)  # [K]
+            self.usage = self.usage + counts.detach().cpu().double()
+            if self.training:
+                self._ema_update(flat.detach(), indices, counts)
+            q = F.embedding(indices, self.codebook).view(b, d, h, w, c).permute(0, 4, 1, 2, 3)  # fp32
+            loss = self.commitment * F.mse_loss(z.float(), q.detach())
+        q = z + (q.to(z.dtype) - z).detach()  # straight-through estimator, in the encoder's dtype
         return q, indices.view(b, d, h, w), loss
 
     @torch.no_grad()
@@ -156,7 +159,8 @@ class EMAQuantizer(nn.Module):
         ``z [B, C, d, h, w] -> (q [B, C, d, h, w], indices [B, d, h, w])``.
         """
         b, c, d, h, w = z.shape
-        indices = nearest_codes(z.float().permute(0, 2, 3, 4, 1).reshape(-1, c), self.codebook).view(b, d, h, w)
+        with full_precision(z):
+            indices = nearest_codes(z.float().permute(0, 2, 3, 4, 1).reshape(-1, c), self.codebook).view(b, d, h, w)
         return self.lookup(indices).to(z.dtype), indices
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 from medlatent import distributed as dist_utils
 from medlatent.engine import Task
 from medlatent.metrics import reconstruction_metrics
+from medlatent.precision import full_precision
 from medlatent.vqvae3d.model import VQVAE3d, reconstruction_loss
 from medlatent.vqvae3d.quantizer import codes_used_fraction, perplexity
 
@@ -70,7 +71,8 @@ class VQVAETask(Task):
         reconstruction, q_loss, _ = model(x)
         reconstruction, x = reconstruction.float(), x.float()
         recon_loss = reconstruction_loss(reconstruction, x, self.recon)
-        figures = reconstruction_metrics(reconstruction, x, self.data_range)
+        with full_precision(x):  # metrics in fp32 under autocast
+            figures = reconstruction_metrics(reconstruction, x, self.data_range)
         # the commitment term is the batch's (one number), added so that val_loss has the
         # training loss's terms; a per-volume commitment would cost a second encoder pass
         return {"loss": (recon_loss + q_loss.float()).cpu(), **figures}

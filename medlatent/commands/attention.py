@@ -78,8 +78,8 @@ def _one(state: LoadedRun, item: Mapping[str, Any], source: Any, label: str, fol
            "nifti": str(folder / nifti_name), "png": str(folder / png_name),
            "peak_voxel": " ".join(map(str, peak)), "peak_ras_mm": " ".join(f"{v:.1f}" for v in peak_mm)}
     if state.model.classifier is not None:
-        with torch.no_grad():
-            logits = state.model.classify(state.model.encode(x)[0])
+        with state.inference():
+            logits = state.model.classify(state.model.encode(x)[0]).float()
         probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1).amax(1)
         row["probability"] = float(probs[0])
     return row

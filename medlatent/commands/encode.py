@@ -20,7 +20,8 @@ def _rows(state: LoadedRun, manifest: str | Path, codes_dir: Path | None = None)
     names = output_names(manifest_subjects(manifest, state.data_cfg)) if codes_dir is not None else {}
     rows = []
     for subject, _, item in iter_manifest(manifest, state.data_cfg):
-        columns, arrays = state.family.features(state.model, as_batch(item, state.device))
+        with state.inference():
+            columns, arrays = state.family.features(state.model, as_batch(item, state.device))
         rows.append({"subject": subject, **columns})
         if codes_dir is not None:
             codes_dir.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def encoded_splits(state: LoadedRun, batch_size: int = 4, splits: tuple[str, ...
                 if result["spacing"] is None:
                     result["spacing"] = _spacing_of(image)
                     result["volume_shape"] = [int(s) for s in image.shape[2:]]
-                with torch.no_grad():
+                with state.inference():
                     grids.append([g.cpu() for g in vqvae.encode_indices(image.as_tensor().to(state.device))])
                 subjects.extend(batch["subject"])
                 if "label" in batch:
@@ -281,7 +281,8 @@ def sample(run: str | Path, n: int = 8, label: str | None = None, temperature: f
     torch.manual_seed(int(seed))
     started = time.perf_counter()
     codes = sample_codes(model, n, labels, temperature, top_k, generator, cfg["prior"]["sample_batch_size"])
-    volumes = decode_codes(state.model, [c.to(state.device) for c in codes], cfg["prior"]["sample_batch_size"])
+    with state.inference():
+        volumes = decode_codes(state.model, [c.to(state.device) for c in codes], cfg["prior"]["sample_batch_size"])
     seconds = time.perf_counter() - started
     affine = ras_affine(info["spacing"] or [1.0, 1.0, 1.0], list(volumes.shape[2:]))
     paths, names = [], []
@@ -344,7 +345,8 @@ def evaluate_prior(run: str | Path, prior: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     codes = sample_codes(model, ev["num_samples"], labels, ev["temperature"], ev["top_k"], generator,
                          cfg["prior"]["sample_batch_size"])
-    samples = decode_codes(state.model, [c.to(state.device) for c in codes], cfg["prior"]["sample_batch_size"])
+    with state.inference():
+        samples = decode_codes(state.model, [c.to(state.device) for c in codes], cfg["prior"]["sample_batch_size"])
     seconds = (time.perf_counter() - started) / ev["num_samples"]
 
     real = _real_volumes(state, "test")

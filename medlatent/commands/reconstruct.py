@@ -22,7 +22,8 @@ def reconstruct(run: str | Path, input: str | Path, output: str | Path,  # noqa:
     check_outputs([output], [input, mask], overwrite, option="OUTPUT")
     state = load_run(run, "reconstruct")
     item = load_input(state, input, mask)
-    volume = state.family.reconstruct(state.model, as_batch(item, state.device))[0]
+    with state.inference():
+        volume = state.family.reconstruct(state.model, as_batch(item, state.device))[0].float()
     mapped = write_volume(volume, item, state.data_cfg, output)
     print(f"wrote {output} ({tuple(mapped.shape[1:])})")
     return Path(output)

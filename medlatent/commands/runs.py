@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ import torch
 from torch import nn
 
 from medlatent import distributed as dist_utils
+from medlatent import precision as precision_lib
 from medlatent.commands.registry import FAMILIES, resolve
 from medlatent.config import read_yaml_file
 from medlatent.errors import InputError
 from medlatent.family import Family
+from medlatent.precision import Precision
 from medlatent.runs import checkpoint_path, load_checkpoint
 
 __all__ = ["LoadedRun", "load_run", "load_run_config", "family_for_command"]
@@ -63,6 +66,18 @@ class LoadedRun:
     def data_cfg(self) -> dict[str, Any]:
         return self.cfg["data"]
 
+    @property
+    def precision(self) -> Precision:
+        """The run's ``train.precision``/``channels_last`` resolved on this machine's device."""
+        return precision_lib.resolve(self.cfg["train"], self.device)
+
+    def inference(self, grad: bool = False) -> contextlib.AbstractContextManager:
+        """Every command's pass through the model: autocast in the run's precision, inference mode unless ``grad``.
+
+        Outputs may come in bf16/fp16: cast what is kept or written with ``.float()``.
+        """
+        return precision_lib.inference(self.precision, grad=grad)
+
 
 def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:
     """Load ``checkpoints/{which}.pt`` (best, falling back to last) into the run's network.
@@ -86,4 +101,5 @@ def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:
     except (KeyError, RuntimeError) as err:
         raise InputError(f"{path}: does not match the network in {run / 'config.yaml'}: {err}") from None
     model.to(dist_utils.pick_device()).eval()
+    precision_lib.prepare_model(model, precision_lib.resolve(cfg["train"], dist_utils.pick_device()))
     return LoadedRun(run, cfg, family, model, path.stem, int(state.get("epoch", 0)))

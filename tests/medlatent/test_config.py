@@ -37,6 +37,9 @@ def test_a_section_given_as_a_value_is_refused():
     ("batch_size", 0, "greater than or equal to 1"),
     ("schedule", "linear", "'none', 'cosine' or 'step'"),
     ("max_minutes", 0, "greater than 0"),
+    ("precision", "fp64", "'auto', 'fp32', 'bf16' or 'fp16'"),
+    ("channels_last", "sometimes", "must be auto, true or false"),
+    ("compile", "maybe", "valid boolean"),
 ])
 def test_train_section_names_the_key_and_what_is_wrong(key, value, message):
     cfg = section_defaults({"train": TrainSection})
@@ -50,3 +53,10 @@ def test_valid_values_are_coerced_to_their_types():
     cfg = validate_sections({"train": {"lr": 1, "epochs": 3.0}}, {"train": TrainSection})
     assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
     assert cfg["train"]["epochs"] == 3 and isinstance(cfg["train"]["epochs"], int)
+
+
+def test_precision_layout_and_compile_take_auto_and_booleans():
+    cfg = validate_sections({"train": {"precision": "bf16", "channels_last": True, "compile": "true"}},
+                            {"train": TrainSection})
+    assert (cfg["train"]["precision"], cfg["train"]["channels_last"], cfg["train"]["compile"]) == ("bf16", True, True)
+    assert TrainSection().channels_last == "auto" and TrainSection().precision == "auto"

@@ -6,7 +6,9 @@ Run as a script for the kill-and-resume test: ``python toy_training.py RUN [--re
 from __future__ import annotations
 
 import argparse
+import csv
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from medlatent.blocks import Decoder3d, Encoder3d
 from medlatent.config import TrainSection, section_defaults
 from medlatent.engine import Task, fit, seed_everything
 from medlatent.metrics import reconstruction_metrics
+from medlatent.precision import full_precision
 
 
 class ToyAutoencoder(nn.Module):
@@ -37,15 +40,16 @@ class ToyTask(Task):
     def training_step(self, model, batch):
         # noise from the global RNG, so the test sees whether resume restores it
         noisy = batch["image"] + 0.05 * torch.randn_like(batch["image"])
-        loss = nn.functional.mse_loss(model(noisy), batch["image"])
+        loss = nn.functional.mse_loss(model(noisy).float(), batch["image"])
         if self.step_sleep:
             time.sleep(self.step_sleep)
         return loss, {"loss": loss.item()}
 
     def validation_step(self, model, batch):
         recon = model(batch["image"])
-        values = reconstruction_metrics(recon, batch["image"], data_range=1.0)
-        values["loss"] = (recon - batch["image"]).pow(2).flatten(1).mean(1)
+        with full_precision(recon):
+            values = reconstruction_metrics(recon, batch["image"], data_range=1.0)
+            values["loss"] = (recon.float() - batch["image"]).pow(2).flatten(1).mean(1)
         return values
 
     def preview(self, model, batch):
@@ -70,11 +74,18 @@ def toy_config(epochs: int = 3, **train) -> dict:
     return cfg
 
 
-def run(run_dir: str, resume: bool = False, epochs: int = 3, step_sleep: float = 0.0, **train) -> ToyTask:
+def run(run_dir: str, resume: bool = False, epochs: int = 3, step_sleep: float = 0.0, train_set: list | None = None,
+        **train) -> ToyTask:
     seed_everything(0)
     task = ToyTask(step_sleep)
-    fit(task, toy_dataset(16, 0), toy_dataset(4, 1), toy_config(epochs, **train), run_dir, resume=resume)
+    train_set = toy_dataset(16, 0) if train_set is None else train_set
+    fit(task, train_set, toy_dataset(4, 1), toy_config(epochs, **train), run_dir, resume=resume)
     return task
+
+
+def csv_rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,185 @@
+"""Seconds per training step of each family's IXI config and of MONAI's VQVAE, per precision and layout, in one run.
+
+One step is the engine's: the family's ``Task.training_step`` (its real loss) under the
+precision's autocast, backward, Adam. Inputs are random volumes of the config's size and batch
+(the step's time does not depend on the values). Each figure is the median of ``--steps``
+steps after ``--warmup`` steps, models built from the same seed. Settings:
+``fp32``, ``bf16``, ``fp32_channels_last``, ``bf16_channels_last`` (``--only`` to choose);
+a setting this machine cannot run is ``null``. ``auto`` is what ``train.precision: auto`` and
+``train.channels_last: auto`` resolve to here.
+
+    python benchmarks/step_time.py [--json OUT] [--steps 5] [--warmup 2] [--models vqvae3d,attrivae,monai_vqvae]
+                                   [--clock wall|process]
+
+JSON: ``{"cpu": {model, flags, ...}, "bf16_native": bool, "device": ..., "vqvae3d": {"fp32": s, "bf16": s,
+"fp32_channels_last": s, "bf16_channels_last": s, "auto": "bf16"}, "attrivae": {...}, "monai_vqvae": {...}}``.
+
+The VQ-VAE's own ``net.channels_last`` (default true) is set to the layout measured, so
+``fp32`` here is the model with every tensor in the default layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from medlatent import precision as precision_lib  # noqa: E402 - after the path set-up above
+from medlatent.io import write_text_atomic  # noqa: E402
+
+SETTINGS = ("fp32", "bf16", "fp32_channels_last", "bf16_channels_last")
+MODELS = ("vqvae3d", "attrivae", "monai_vqvae")
+
+
+def _config(name: str) -> dict[str, Any]:
+    from medlatent.commands.registry import load_config
+
+    return load_config(ROOT / "configs" / f"{name}_ixi.yaml")
+
+
+def _vqvae3d(channels_last: bool) -> tuple[Any, dict[str, torch.Tensor]]:
+    from medlatent.vqvae3d.family import build_task
+
+    cfg = _config("vqvae3d")
+    cfg["net"]["channels_last"] = channels_last
+    task = build_task(cfg, None, Path("."), {})
+    b = int(cfg["train"]["batch_size"])
+    return task, {"image": torch.rand(b, 1, *cfg["data"]["spatial_size"])}
+
+
+def _attrivae(channels_last: bool) -> tuple[Any, dict[str, torch.Tensor]]:
+    from medlatent.attrivae.attributes import AttributeMap
+    from medlatent.attrivae.family import build_model
+    from medlatent.attrivae.task import AttriVAETask
+
+    cfg = _config("attrivae")
+    names = list(cfg["data"]["attributes"])
+    latent = int(cfg["net"]["latent_dim"])
+    amap = AttributeMap(names=names, regularized=names, dims=list(range(len(names))), minimum=[0.0] * len(names),
+                        maximum=[1.0] * len(names), latent_dim=latent, label="Sex", classes=["F", "M"],
+                        gamma=float(cfg["loss"]["gamma"]))
+    task = AttriVAETask(build_model(cfg, amap), amap, cfg["loss"])
+    b = int(cfg["train"]["batch_size"])
+    batch = {"image": torch.rand(b, 1, *cfg["data"]["spatial_size"]), "attrs": torch.rand(b, len(names)),
+             "label": torch.randint(0, 2, (b,))}
+    return task, batch
+
+
+class _MonaiTask:
+    """MONAI's VQVAE (the benchmark's, benchmarks/vqvae_vs_monai.py) with the same L1 + quantizer loss."""
+
+    def __init__(self) -> None:
+        from vqvae_vs_monai import monai_model
+
+        self.model = monai_model()
+
+    def training_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        from medlatent.vqvae3d.model import reconstruction_loss
+
+        reconstruction, q_loss = model(batch["image"])
+        loss = reconstruction_loss(reconstruction.float(), batch["image"], "l1").mean() + q_loss.float()
+        return loss, {}
+
+
+def _monai_vqvae(channels_last: bool) -> tuple[Any, dict[str, torch.Tensor]]:
+    cfg = _config("vqvae3d")
+    b = int(cfg["train"]["batch_size"])
+    return _MonaiTask(), {"image": torch.rand(b, 1, *cfg["data"]["spatial_size"])}
+
+
+BUILDERS: dict[str, Callable[[bool], tuple[Any, dict[str, torch.Tensor]]]] = {
+    "vqvae3d": _vqvae3d, "attrivae": _attrivae, "monai_vqvae": _monai_vqvae}
+
+
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def step_seconds(model_name: str, setting: str, device: torch.device, steps: int, warmup: int,
+                 clock: str = "wall") -> float:
+    """Median seconds of one training step of ``model_name`` in ``setting`` on ``device``.
+
+    ``clock``: ``wall`` (elapsed) or ``process`` (CPU seconds of this process, all threads: on a
+    machine shared with other jobs it counts this job's work, not its waiting).
+    """
+    now = CLOCKS[clock]
+    name, _, layout = setting.partition("_")
+    precision = precision_lib.Precision(device.type, name, channels_last=bool(layout))
+    torch.manual_seed(0)
+    task, batch = BUILDERS[model_name](precision.channels_last)
+    model = precision_lib.prepare_model(task.model.to(device), precision).train()
+    batch = precision_lib.to_layout({k: v.to(device) for k, v in batch.items()}, precision)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(warmup + steps):
+        started = now()
+        with precision_lib.autocast(precision):
+            loss, _ = task.training_step(model, copy.copy(batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(now() - started)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{model_name} {setting}: non-finite loss {float(loss)}")
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the figures here as JSON")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--only", default=",".join(SETTINGS), help=f"comma-separated subset of {', '.join(SETTINGS)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed seconds (default); process: this process's CPU seconds over all "
+                             "threads, for a machine shared with other jobs")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import os
+
+    os.chdir(ROOT)  # config data paths are relative to the repository root
+    device = torch.device(args.device)
+    info = precision_lib.cpu_info()
+    auto = precision_lib.resolve({"precision": "auto", "channels_last": "auto"}, device)
+    result: dict[str, Any] = {"cpu": info, "bf16_native": info["bf16_native"], "device": str(device),
+                              "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,
+                              "clock": args.clock}
+    print(f"{info['model']} ({', '.join(info['flags'])}; torch {info['torch_capability']}, {info['threads']} threads) "
+          f"on {device}; auto: {auto.describe()}")
+    wanted = args.only.split(",")
+    print(f"{'s/step':<14}" + "".join(f"{s:>20}" for s in SETTINGS))
+    for model_name in args.models.split(","):
+        row: dict[str, Any] = {s: None for s in SETTINGS}
+        for setting in SETTINGS:
+            if setting in wanted:
+                row[setting] = step_seconds(model_name, setting, device, args.steps, args.warmup, args.clock)
+        row["auto"] = auto.name + ("_channels_last" if auto.channels_last else "")
+        result[model_name] = row
+        print(f"{model_name:<14}" + "".join(f"{'-' if row[s] is None else format(row[s], '.3f'):>20}"
+                                            for s in SETTINGS), flush=True)
+    for model_name in args.models.split(","):
+        row = result[model_name]
+        if row["fp32"] and row["bf16"]:
+            print(f"{model_name}: bf16 / fp32 step time {row['bf16'] / row['fp32']:.2f}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
