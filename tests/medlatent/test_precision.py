@@ -162,12 +162,17 @@ def test_inference_context_disables_gradients_and_autocasts():
 
 # --- the engine: precision recorded, bf16 run, NaN guard -------------------------------------------
 
-def test_a_bf16_toy_run_records_its_precision_and_trains(tmp_path):
+def test_a_bf16_toy_run_records_its_precision_and_trains_as_fp32_does(tmp_path):
     toy = _load_toy()
-    toy.run(str(tmp_path), epochs=2, precision="bf16")
-    rows = toy.csv_rows(tmp_path / "metrics.csv")
+    toy.run(str(tmp_path / "bf16"), epochs=2, precision="bf16")
+    rows = toy.csv_rows(tmp_path / "bf16" / "metrics.csv")
     assert [r["precision"] for r in rows] == ["bf16", "bf16"] and rows[0]["channels_last"] == "0"
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    toy.run(str(tmp_path / "fp32"), epochs=2, precision="fp32")
+    reference = toy.csv_rows(tmp_path / "fp32" / "metrics.csv")
+    assert reference[0]["precision"] == "fp32"
+    for bf16, fp32 in zip(rows, reference):  # same seed, same batches: the losses agree to bf16's precision
+        assert float(bf16["val_loss"]) == pytest.approx(float(fp32["val_loss"]), rel=0.05)
 
 
 def test_a_nan_batch_stops_the_run_naming_its_subjects_and_keeps_the_last_good_checkpoint(tmp_path):
