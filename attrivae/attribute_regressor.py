@@ -113,7 +113,8 @@ def train_attribute_regressor(records: Mapping[str, Sequence[Mapping[str, Any]]]
         predicted, truth = [], []
         for image, target in _batches(make_dataset(val_records, data_cfg, train=False), columns, batch_size, False,
                                       seed):
-            predicted.append(np.stack([model.predict(image)[n] for n in names], 1))
+            read = model.predict(image)  # one forward pass for every attribute
+            predicted.append(np.stack([read[n] for n in names], 1))
             truth.append(target.numpy())
         predicted_all, truth_all = np.concatenate(predicted), np.concatenate(truth)
         report["val_spearman"] = {n: float(np.nan_to_num(spearmanr(truth_all[:, i], predicted_all[:, i])[0]))
