@@ -13,7 +13,9 @@ it; CPUs with AVX512-BF16 or AMX), fp16 with a gradient scaler on older CUDA dev
 fp32 elsewhere: on a CPU without native bf16, bf16 is emulated and slower than fp32
 (docs/benchmarks.md, "Precision and layout"). Channels-last (``channels_last_3d``) is picked
 by ``auto`` on CUDA in reduced precision only (cuDNN's tensor-core 3D convolutions work in
-that layout); on CPU fp32 it measured no faster (docs/benchmarks.md).
+that layout); on CPU the measurements disagreed between families and runs (docs/benchmarks.md,
+"Precision and layout"), so ``auto`` leaves it off there (the VQ-VAE has its own
+``net.channels_last``).
 """
 
 from __future__ import annotations
