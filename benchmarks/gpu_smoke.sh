@@ -37,7 +37,7 @@ stage "demo (both families)" medlatent demo --out "$WORK/demo"
 VQ="$WORK/demo/vqvae3d/run"
 stage "train-prior (3 epochs)" medlatent train-prior "$VQ" --prior transformer --set train.epochs=3
 stage "sample 4 volumes" medlatent sample "$VQ" -n 4 -o "$WORK/samples"
-stage "torchrun DDP, 1 process" torchrun --standalone --nproc_per_node 1 -m medlatent train \
+stage "torchrun DDP, 1 process" torchrun --standalone --nproc_per_node 1 -m medlatent.commands train \
   configs/vqvae3d_demo.yaml --set "data.manifest=$WORK/demo/phantoms/manifest.csv" --set train.epochs=2 \
   --out "$WORK/ddp_run"
 
