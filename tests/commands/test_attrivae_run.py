@@ -66,13 +66,13 @@ def test_a_run_trained_on_masked_scans_needs_the_mask_of_each_input(trained_run,
     brain = ixi_brain
     attention = ["attention", str(run), str(ixi_t1), "--attribute", "cavity_volume_mm3", "-o", str(tmp_path / "a")]
     assert main(attention) == 2
-    assert "trained on masked images" in capsys.readouterr().err
+    assert "give the scan's mask (--mask" in capsys.readouterr().err
     assert main([*attention, "--mask", str(brain)]) == 0
     out, ref = nib.load(tmp_path / "a" / "attention_cavity_volume_mm3.nii.gz"), nib.load(ixi_t1)
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
     assert main(["interpolate", str(run), str(ixi_t1), str(ixi_t1), "--steps", "2", "--mask-a", str(brain),
                  "-o", str(tmp_path / "i")]) == 2
-    assert "trained on masked images" in capsys.readouterr().err
+    assert "give the scan's mask (--mask" in capsys.readouterr().err
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"subject": ["s1"], "image": [str(ixi_t1)], "mask": [str(brain)]}).to_csv(manifest, index=False)
     assert main(["attention", str(run), "--manifest", str(manifest), "--class", "-o", str(tmp_path / "m")]) == 0
