@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
 
 __all__ = ["ResidualUnit3d", "Encoder3d", "Decoder3d", "make_norm", "space_to_depth", "depth_to_space"]
@@ -23,25 +24,18 @@ def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
 
     Folding each f x f x f block of voxels into channels lets the first convolution run at 1/f
     of the resolution: on CPU, full-resolution convolutions with one or a few channels cost most
-    of a training step (docs/architecture.md, "Space-to-depth").
+    of a training step (docs/architecture.md, "Space-to-depth"). MONAI's ``pixelunshuffle``
+    (the 3D ``pixel_unshuffle``), whose channel order is the one this function had when it was
+    written by hand, so checkpoints trained before keep their meaning (tests/medlatent/test_blocks.py).
     """
     if type(x) is not torch.Tensor:  # a MetaTensor would carry its affine through reshapes that break it
         x = x.as_subclass(torch.Tensor)
-    if factor == 1:
-        return x
-    b, c, d, h, w = x.shape
-    x = x.reshape(b, c, d // factor, factor, h // factor, factor, w // factor, factor)
-    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * factor**3, d // factor, h // factor, w // factor)
+    return x if factor == 1 else pixelunshuffle(x, spatial_dims=3, scale_factor=factor)
 
 
 def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``[B, C*f^3, d, h, w] -> [B, C, d*f, h*f, w*f]``."""
-    if factor == 1:
-        return x
-    b, cf, d, h, w = x.shape
-    c = cf // factor**3
-    x = x.reshape(b, c, factor, factor, factor, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, c, d * factor, h * factor, w * factor)
+    """``[B, C*f^3, d, h, w] -> [B, C, d*f, h*f, w*f]`` (MONAI's ``pixelshuffle``, the 3D ``pixel_shuffle``)."""
+    return x if factor == 1 else pixelshuffle(x, spatial_dims=3, scale_factor=factor)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

@@ -14,10 +14,7 @@ schedule or the stop (wall-clock time does not replay).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.data import DataLoader, list_data_collate
 from monai.data.utils import set_rnd
+from monai.utils import set_determinism
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
@@ -77,10 +76,12 @@ class Task:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Seed Python, NumPy and torch (all devices) with MONAI's ``set_determinism``.
+
+    The same seeds as before for seeds under 2^32 (``random.seed``, ``np.random.seed``,
+    ``torch.manual_seed``); it also asks cuDNN for deterministic algorithms (no benchmark mode).
+    """
+    set_determinism(seed=seed)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -199,14 +200,8 @@ def run_evaluation(task: Task, model: nn.Module, loader: Iterable, device: torch
 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
-    columns: list[str] = []
-    for row in history:
-        columns.extend(k for k in row if k not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(path, buffer.getvalue())
+    # pandas orders the columns as they first appear; a row without a column leaves its cell empty
+    write_text_atomic(path, pd.DataFrame(history).to_csv(index=False))
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -10,12 +10,11 @@ import os
 import zipfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from medlatent.errors import InputError
-from medlatent.io import atomic_path
+from medlatent.nifti import write_nifti
 from medlatent.transforms.manifest import write_manifest
 from medlatent.transforms.splits import SPLITS
 
@@ -59,8 +58,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 def _write_nifti(array: np.ndarray, path: Path) -> None:
     # identity affine: 1 mm voxels with array axes = RAS, matching how records.py feeds npz arrays
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp)
+    write_nifti(array, path, np.eye(4), dtype=array.dtype)
 
 
 def npz_to_nifti(npz: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

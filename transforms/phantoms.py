@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from scipy.ndimage import binary_fill_holes, gaussian_filter, label
 
-from medlatent.io import atomic_path, child_path
+from medlatent.io import child_path
+from medlatent.nifti import write_nifti
 from medlatent.transforms.manifest import write_manifest
 
 SPACING_MM = 2.0
@@ -100,8 +100,7 @@ def phantom_affine(shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array, affine), tmp)
+    write_nifti(array, path, affine, dtype=array.dtype)
 
 
 def write_phantom_dataset(out_dir: str | os.PathLike, n_subjects: int = 40, shape: tuple[int, int, int] = (32, 32, 32),

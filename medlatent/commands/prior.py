@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data.utils import affine_to_spacing
 from torch import nn
 
 from medlatent import distributed as dist_utils
@@ -89,14 +90,14 @@ def _file_digest(path: Path) -> str:
 
 
 def _spacing_of(image: torch.Tensor) -> list[float]:
-    """Voxel size in mm of a preprocessed MetaTensor (column norms of its affine); 1 mm without one."""
+    """Voxel size in mm of a preprocessed MetaTensor (MONAI's ``affine_to_spacing``); 1 mm without an affine."""
     affine = getattr(image, "affine", None)
     if affine is None:
         return [1.0, 1.0, 1.0]
     affine = torch.as_tensor(affine).double()
     if affine.dim() == 3:
         affine = affine[0]
-    return [float(v) for v in affine[:3, :3].norm(dim=0)]
+    return [float(v) for v in affine_to_spacing(affine, r=3)]
 
 
 def encoded_splits(state: LoadedRun, batch_size: int = 4, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Any]:
