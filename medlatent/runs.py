@@ -19,7 +19,10 @@ from medlatent.config import dump_config
 from medlatent.errors import InputError
 from medlatent.io import write_text_atomic
 
-__all__ = ["prepare_run", "load_checkpoint", "checkpoint_path", "write_json", "read_json", "write_config",
+# what the training scans looked like on disk (transforms/fingerprint.py), written by train
+FINGERPRINT_FILE = "fingerprint.json"
+
+__all__ = ["FINGERPRINT_FILE", "prepare_run", "load_checkpoint", "checkpoint_path", "write_json", "read_json", "write_config",
            "cache_dir_for", "finite"]
 
 

@@ -2,7 +2,13 @@
 
 Used by ``medlatent data check MANIFEST`` (exit 2 when ``problems`` is not empty). The voxels are
 actually read (not just the header), because a truncated ``.nii.gz`` has an intact header and fails
-only when its data is decompressed.
+only when its data is decompressed; the header is read first, so a file that claims more than
+:data:`MAX_VOXELS` voxels is refused before anything is allocated.
+
+Each check lives here once and is shared with training: :func:`header_problem` (before reading),
+:func:`content_problems` and :func:`grid_problem` (on the read voxels) are also what the pipeline's
+loader (``transforms.pipeline.LoadVolumed``) runs on every scan it reads, and
+:func:`duplicate_problems` is what ``transforms.records.load_split_records`` refuses.
 """
 
 from __future__ import annotations
@@ -21,10 +27,16 @@ import pandas as pd
 import SimpleITK as sitk
 
 from medlatent.transforms.manifest import read_manifest
-from medlatent.transforms.sitk_reader import sitk_affine_ras
+from medlatent.transforms.sitk_reader import SITK_SUFFIXES, sitk_affine_ras
 
 # affines closer than this (mm, per entry) count as the same grid
 AFFINE_TOLERANCE = 1e-3
+# a header claiming more voxels than this (a 1024^3 volume) is refused before its data is read
+MAX_VOXELS = 2**30
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+__all__ = ["CheckReport", "check_manifest", "header_problem", "content_problems", "grid_problem", "shape_problem",
+           "duplicate_problems", "MAX_VOXELS", "AFFINE_TOLERANCE"]
 
 
 @dataclass
@@ -52,14 +64,91 @@ class _Volume:
     affine: np.ndarray
     spacing: tuple[float, ...]
     orientation: str
-    finite: bool
-    constant: bool
+    problems: list[str]  # content_problems of the voxels
     dtype: str
 
 
-def _read_volume(path: str) -> _Volume:
+# what a reader raises for a file that is not what its name says, or is cut short
+READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, RuntimeError, ValueError,
+               nib.filebasedimages.ImageFileError)
+
+
+def _header_shape(path: str) -> tuple[int, ...] | None:
+    """The array shape a file's header claims (components last), or None for a format read elsewhere."""
+    name = path.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return tuple(int(n) for n in nib.load(path).shape)  # header only: the data is read lazily
+    if name.endswith(SITK_SUFFIXES):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        components = reader.GetNumberOfComponents()
+        return tuple(int(n) for n in reader.GetSize()) + ((components,) if components > 1 else ())
+    return None
+
+
+def header_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an image, judged before its voxels are (None: read it).
+
+    Refuses a missing or zero-byte file, a header nibabel/SimpleITK cannot parse, and a header
+    that claims more than :data:`MAX_VOXELS` voxels (no memory is allocated for it).
+
+    Returns:
+        The problem as a phrase to follow the file's name (``"is empty (0 bytes)"``), or None.
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        return "not found"
+    if Path(path).stat().st_size == 0:
+        return "is empty (0 bytes)"
+    try:
+        shape = _header_shape(path)
+    except READ_ERRORS as err:
+        return f"is not a readable image: {type(err).__name__}: {err}"
+    if shape is not None and int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+        return (f"has a header claiming shape {shape} ({int(np.prod(shape, dtype=np.float64)):,} voxels), more than "
+                f"2^30; refused before reading it")
+    return None
+
+
+def content_problems(data: np.ndarray, column: str = "image") -> list[str]:
+    """What is wrong with a read volume ``data`` (any shape): phrases to follow the file's name.
+
+    NaN or Inf voxels (any column); every voxel the same (images only: a constant mask is allowed).
+    """
+    problems = []
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        problems.append("contains NaN or Inf voxels")
+    if column == "image" and data.size and np.nanmin(data) == np.nanmax(data):
+        problems.append("is constant (every voxel has the same value)")
+    return problems
+
+
+def grid_problem(mask_shape: tuple[int, ...], mask_affine: np.ndarray, image_shape: tuple[int, ...],
+                 image_affine: np.ndarray) -> str | None:
+    """Why a mask does not lie on its image's voxel grid (spatial shapes, then affines), or None."""
+    if tuple(mask_shape[:3]) != tuple(image_shape[:3]):
+        return f"has shape {tuple(mask_shape[:3])} but its image has {tuple(image_shape[:3])}"
+    if not np.allclose(np.asarray(mask_affine, dtype=np.float64), np.asarray(image_affine, dtype=np.float64),
+                       atol=AFFINE_TOLERANCE):
+        return "has a different affine (orientation/spacing/origin) from its image"
+    return None
+
+
+def duplicate_problems(subjects: pd.Series) -> list[str]:
+    """``rows 2, 5: duplicate subject 'x'`` for each subject listed twice (CSV rows: header = row 1).
+
+    Args:
+        subjects: the manifest's ``subject`` column, indexed 0..N-1 as :func:`read_manifest` returns it.
+    """
+    dup = subjects.duplicated(keep=False)
+    return [f"rows {', '.join(str(int(r) + 2) for r in rows)}: duplicate subject '{subject}'"
+            for subject, rows in subjects[dup].groupby(subjects[dup]).groups.items()]
+
+
+def _read_volume(path: str, column: str) -> _Volume:
     """Read a file's voxels and geometry once (nibabel for NIfTI, SimpleITK otherwise)."""
-    if path.lower().endswith((".nii", ".nii.gz")):
+    if path.lower().endswith(NIFTI_SUFFIXES):
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)  # decompresses everything: catches truncated gzip
         affine = img.affine
@@ -73,11 +162,9 @@ def _read_volume(path: str) -> _Volume:
         dtype = img.GetPixelIDTypeAsString()
         if img.GetNumberOfComponentsPerPixel() > 1:
             data = np.moveaxis(data, -1, 0)  # report vector images as 4D
-    finite = bool(np.isfinite(data).all()) if np.issubdtype(data.dtype, np.floating) else True
-    lo, hi = (np.nanmin(data), np.nanmax(data)) if data.size else (0, 0)
     orientation = "".join(nib.aff2axcodes(affine)) if affine.shape == (4, 4) else "?"
     return _Volume(tuple(int(s) for s in data.shape), np.asarray(affine, dtype=np.float64), spacing,
-                   orientation, finite, bool(lo == hi), dtype)
+                   orientation, content_problems(data, column), dtype)
 
 
 def _is_3d(shape: tuple[int, ...]) -> bool:
@@ -85,6 +172,11 @@ def _is_3d(shape: tuple[int, ...]) -> bool:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     return len(shape) == 3
+
+
+def shape_problem(shape: tuple[int, ...]) -> str:
+    """The phrase for a file that is not one 3D volume."""
+    return f"has shape {tuple(shape)}; expected a 3D volume (one channel: not 2D, 4D or multi-component)"
 
 
 def _missing(value: Any) -> bool:
@@ -119,9 +211,7 @@ def check_manifest(path: str | os.PathLike, attributes: list[str] | None = None,
     for column in attributes + ([label] if label else []):
         if column not in df.columns:
             problems.append(f"{path}: column '{column}' not found (columns: {list(df.columns)})")
-    dup = df["subject"].duplicated(keep=False)
-    for subject, rows in df[dup].groupby("subject").groups.items():
-        problems.append(f"rows {', '.join(str(r + 2) for r in rows)}: duplicate subject '{subject}'")
+    problems.extend(duplicate_problems(df["subject"]))
 
     volumes: list[_Volume] = []
     for i in range(len(df)):
@@ -134,30 +224,25 @@ def check_manifest(path: str | os.PathLike, attributes: list[str] | None = None,
                 if column == "image":
                     problems.append(f"{where(i)}: empty 'image' cell")
                 continue
-            if not Path(file).is_file():
-                problems.append(f"{where(i)}: {column} file not found: {file}")
+            before = header_problem(file)
+            if before is not None:
+                problems.append(f"{where(i)}: {column} {file} {before}")
                 continue
             try:
-                vol = _read_volume(file)
-            except (OSError, EOFError, zlib.error, gzip.BadGzipFile, RuntimeError, ValueError, nib.filebasedimages.ImageFileError) as err:
+                vol = _read_volume(file, column)
+            except READ_ERRORS as err:
                 problems.append(f"{where(i)}: {column} {file} is unreadable or truncated: {type(err).__name__}: {err}")
                 continue
             if not _is_3d(vol.shape):
-                problems.append(f"{where(i)}: {column} {file} has shape {vol.shape}; expected a 3D volume")
-            if not vol.finite:
-                problems.append(f"{where(i)}: {column} {file} contains NaN or Inf voxels")
+                problems.append(f"{where(i)}: {column} {file} {shape_problem(vol.shape)}")
+            problems.extend(f"{where(i)}: {column} {file} {problem}" for problem in vol.problems)
             if column == "image":
-                if vol.constant:
-                    problems.append(f"{where(i)}: image {file} is constant (every voxel has the same value)")
                 image_vol = vol
                 volumes.append(vol)
             elif image_vol is not None:
-                if vol.shape[:3] != image_vol.shape[:3]:
-                    problems.append(f"{where(i)}: mask {file} has shape {vol.shape[:3]} but its image has "
-                                    f"{image_vol.shape[:3]}")
-                elif not np.allclose(vol.affine, image_vol.affine, atol=AFFINE_TOLERANCE):
-                    problems.append(f"{where(i)}: mask {file} has a different affine (orientation/spacing/origin) "
-                                    f"from its image")
+                grid = grid_problem(vol.shape, vol.affine, image_vol.shape, image_vol.affine)
+                if grid is not None:
+                    problems.append(f"{where(i)}: mask {file} {grid}")
         for column in attributes:
             if column in df.columns:
                 value = pd.to_numeric(pd.Series([df.at[i, column]]), errors="coerce").iloc[0]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor
 from monai.transforms.utils import reset_ops_id
+from monai.utils import convert_to_tensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -49,13 +50,17 @@ from monai.transforms import (
 )
 
 from medlatent.errors import InputError
+from medlatent.transforms.check import content_problems, grid_problem, header_problem, shape_problem
 from medlatent.transforms.disk_cache import TensorDiskCache
+from medlatent.transforms.fingerprint import META_KEY as FINGERPRINT_KEY
+from medlatent.transforms.fingerprint import intensity_percentiles, volume_facts
 from medlatent.transforms.settings import CACHE_MODES, INTENSITY_MODES, SPATIAL_FITS
 from medlatent.transforms.sitk_reader import SimpleITKReader
 
 # bump when the deterministic pipeline or the cache format changes, so disk caches of an older version
-# are not reused (3: tensor-only files, transforms/disk_cache.py)
-PIPELINE_VERSION = 3
+# are not reused (3: tensor-only files, transforms/disk_cache.py; 4: the loader records raw intensity
+# percentiles for the run's fingerprint)
+PIPELINE_VERSION = 4
 
 
 def is_nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -77,12 +82,19 @@ def _first_input_error(err: BaseException) -> InputError | None:
 
 
 class LoadVolumed(MapTransform):
-    """Load each key into a channel-first ``MetaTensor[1, X, Y, Z]`` float32 and insist on one 3D channel.
+    """Load each key into a channel-first ``MetaTensor[1, X, Y, Z]`` float32, refusing what is not one usable volume.
 
     Paths go through MONAI ``LoadImage`` (nibabel for NIfTI, which applies ``scl_slope`` so
     intensities are physical; :class:`~transforms.sitk_reader.SimpleITKReader` for NRRD/MHA/...).
     Arrays (MedMNIST volumes, ``[D,H,W]`` or ``[1,D,H,W]``) become a MetaTensor with an identity
     affine, i.e. 1 mm voxels already in RAS, so the rest of the pipeline treats both alike.
+
+    Every volume it reads passes the checks of ``medlatent data check`` (:mod:`transforms.check`,
+    where each check lives): the header first (missing, empty, unparsable, more than 2^30 voxels,
+    before anything is allocated), then the voxels (one 3D channel, no NaN/Inf, an image not
+    constant), then a mask's grid against its image's (shape and affine). A failure raises
+    :class:`~medlatent.errors.InputError` naming the key and the file, in the same words as
+    ``data check``.
     """
 
     def __init__(self, keys: Sequence[str], allow_missing_keys: bool = True) -> None:
@@ -91,21 +103,38 @@ class LoadVolumed(MapTransform):
         # registered last = tried first, but it declines NIfTI so nibabel keeps those files
         self.loader.register(SimpleITKReader())
 
+    def _load(self, key: Hashable, value: Any, name: str) -> MetaTensor:
+        if isinstance(value, (str, os.PathLike)):
+            problem = header_problem(value)
+            if problem is None:
+                try:
+                    return self.loader(value)
+                except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+                    cause = err.__cause__ or err
+                    problem = f"is unreadable or truncated: {type(cause).__name__}: {cause}"
+            raise InputError(f"{key} {name} {problem}")
+        array = convert_to_tensor(value, dtype=torch.float32)
+        array = array[None] if array.ndim == 3 else array
+        return MetaTensor(array, affine=torch.eye(4, dtype=torch.float64),
+                          meta={"filename_or_obj": name, "original_channel_dim": 0, "space": "RAS",
+                                "original_affine": np.eye(4), "spatial_shape": np.asarray(array.shape[1:])})
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
             name = str(value) if isinstance(value, (str, os.PathLike)) else f"{d.get('subject', '?')}:{key}"
-            if isinstance(value, (str, os.PathLike)):
-                img = self.loader(value)
-            else:
-                array = torch.as_tensor(np.asarray(value), dtype=torch.float32)
-                array = array[None] if array.ndim == 3 else array
-                img = MetaTensor(array, affine=torch.eye(4, dtype=torch.float64),
-                                 meta={"filename_or_obj": name, "original_channel_dim": 0, "space": "RAS"})
-            if img.ndim != 4 or img.shape[0] != 1:
-                raise InputError(f"{name}: expected a single-channel 3D image, got array shape "
-                                 f"{tuple(img.shape)} after moving channels first (4D or 2D file?)")
+            img = self._load(key, value, name)
+            problems = [] if img.ndim == 4 and img.shape[0] == 1 else [shape_problem(tuple(img.shape))]
+            problems += content_problems(img.as_tensor().numpy(), "image" if key == "image" else str(key))
+            if key != "image" and isinstance(d.get("image"), MetaTensor):
+                grid = grid_problem(tuple(img.shape[1:]), img.affine.numpy(), tuple(d["image"].shape[1:]),
+                                    d["image"].affine.numpy())
+                problems += [grid] if grid else []
+            if problems:
+                raise InputError(f"{key} {name} {'; '.join(problems)}")
+            if key == "image":  # the raw intensities, for the run's fingerprint (transforms/fingerprint.py)
+                img.meta[FINGERPRINT_KEY] = intensity_percentiles(img.as_tensor().numpy())
             d[key] = img.float()
         return d
 
@@ -270,8 +299,51 @@ def check_masks(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, Any
                          f"(data.masks or a manifest 'mask' column): {missing[:10]}")
 
 
+class _CheckedCacheDataset(CacheDataset):
+    """A CacheDataset that, while it fills its cache, collects every bad item's InputError instead of stopping."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.errors: dict[int, InputError] = {}  # index -> what is wrong with that item (filled by the threads)
+        super().__init__(*args, **kwargs)
+
+    def _load_cache_item(self, idx: int) -> Any:
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as err:  # noqa: BLE001 - only a bad input is collected; anything else is raised
+            inner = _first_input_error(err)
+            if inner is None:
+                raise
+            self.errors[idx] = inner
+            return None
+
+
+def _read_each(read: Any, n: int) -> tuple[list[Any], dict[int, InputError]]:
+    """``read(i)`` for i in 0..n-1: the items read, and the InputError of each that fails (others are raised)."""
+    items, errors = [], {}
+    for i in range(n):
+        try:
+            items.append(read(i))
+        except Exception as err:  # noqa: BLE001 - only a bad input is collected; anything else is raised
+            inner = _first_input_error(err)
+            if inner is None:
+                raise
+            errors[i] = inner
+    return items, errors
+
+
+def _bad_rows(errors: Mapping[int, InputError], records: Sequence[Mapping[str, Any]]) -> str:
+    """One line per bad item: ``row R (subject S): image FILE <problem>`` (the row as in data check)."""
+    lines = []
+    for i in sorted(errors):
+        record = records[i]
+        subject = record.get("subject", "?")
+        where = f"row {record['row']} (subject {subject})" if record.get("row") is not None else f"subject {subject}"
+        lines.append(f"{where}: {errors[i]}")
+    return "\n".join(lines)
+
+
 def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, Any], train: bool,
-                 cache_dir: Path | None = None) -> Dataset:
+                 cache_dir: Path | None = None, check: bool = False) -> Dataset:
     """A MONAI dataset over ``records`` (from :func:`transforms.records.load_split_records`).
 
     ``data.cache``: ``memory`` -> CacheDataset (everything preprocessed once, at construction);
@@ -279,6 +351,13 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
     ``weights_only=True``) under ``cache_dir/pre-<hash of the preprocessing keys>``;
     ``none`` -> Dataset. Only the deterministic prefix is cached; augmentation runs after it on a copy,
     and only when ``train`` is True.
+
+    Every scan read passes :class:`LoadVolumed`'s checks (those of ``data check``). The memory cache
+    reads every scan here; with ``check`` the other modes do too (the disk cache is built now, so
+    later epochs read it and not the files; an uncached dataset reads each file once more). A bad
+    scan found here raises one InputError listing every bad record, by CSV row (a record's ``row``,
+    header = row 1), subject and file. ``dataset.volume_facts`` holds the
+    :func:`~transforms.fingerprint.volume_facts` of the scans read here (empty when none were).
 
     Returns:
         A Dataset whose items are ``{"image": MetaTensor[1,D,H,W], "mask"?, "label"?, "attrs"?, "subject"}``,
@@ -289,21 +368,36 @@ def make_dataset(records: Sequence[Mapping[str, Any]], data_cfg: Mapping[str, An
     aug = augmentation(data_cfg) if train else None
     # flat list: CacheDataset caches up to the first random transform, and a nested Compose counts as random
     transform = Compose(list(pre.transforms) + (list(aug.transforms) if aug else []))
-    data = list(records)
+    # the row number is for messages; items carry only the documented keys so they collate
+    data = [{k: v for k, v in r.items() if k != "row"} for r in records]
     mode = data_cfg.get("cache", "memory") or "none"
+    errors: dict[int, InputError] = {}
+    items: list[Any] = []
     if mode == "memory":
-        return CacheDataset(data, transform, cache_rate=1.0, num_workers=os.cpu_count() or 1, progress=False)
-    if mode == "disk":
+        dataset: Dataset = _CheckedCacheDataset(data, transform, cache_rate=1.0, num_workers=os.cpu_count() or 1,
+                                                progress=False)
+        errors, items = dataset.errors, [item for item in dataset._cache if item is not None]
+    elif mode == "disk":
         folder = cache_dir or data_cfg.get("cache_dir")
         if not folder:
             raise InputError("config key 'data.cache': 'disk' needs data.cache_dir (or a cache_dir argument)")
         folder = Path(folder) / f"pre-{preprocessing_hash(data_cfg)}"
         folder.mkdir(parents=True, exist_ok=True)
         # tensor-only files read with weights_only=True: a cache file never runs code
-        return TensorDiskCache(data, transform, cache_dir=folder)
-    if mode == "none":
-        return Dataset(data, transform)
-    raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
+        dataset = TensorDiskCache(data, transform, cache_dir=folder)
+        if check:
+            items, errors = _read_each(lambda i: dataset._cachecheck(dataset.data[i]), len(data))
+    elif mode == "none":
+        dataset = Dataset(data, transform)
+        if check:
+            items, errors = _read_each(lambda i: pre(copy.deepcopy(data[i])), len(data))
+    else:
+        raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
+    if errors:
+        raise InputError(f"{len(errors)} of {len(data)} scans cannot be used:\n{_bad_rows(errors, records)}")
+    # what the scans read here looked like on disk (transforms/fingerprint.py), for the run's fingerprint
+    dataset.volume_facts = [volume_facts(item["image"].meta) for item in items]
+    return dataset
 
 
 def load_volume(path: str | Path, data_cfg: Mapping[str, Any], mask: str | Path | None = None) -> dict[str, Any]:

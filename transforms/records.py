@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from medlatent.errors import InputError
 from medlatent.io import atomic_path
 from medlatent.transforms.attributes import STATISTICS, shape_statistics
+from medlatent.transforms.check import duplicate_problems
 from medlatent.transforms.manifest import build_manifest, read_manifest
 from medlatent.transforms.medmnist import MASK_THRESHOLD, load_npz
 from medlatent.transforms.splits import SPLITS, assign_folds, assign_splits
@@ -137,7 +138,8 @@ def load_split_records(data_cfg: Mapping[str, Any]) -> tuple[dict[str, list[dict
 
     Each record: ``{"image": str path | np.ndarray float32 [1,D,H,W], "mask"?: path | array,
     "label"?: int class index, "attrs"?: np.float32 [A] (raw values, order of data.attributes),
-    "subject": str}``.
+    "subject": str, "row"?: int}`` (``row``: the manifest CSV's row, header = row 1, for messages;
+    only for a CSV manifest).
 
     Labels come from ``data.label`` (a column name), else from a ``label`` column when there is one.
     Splits come from a ``split`` column (it wins), the npz's official splits, or ``data.split``
@@ -148,10 +150,15 @@ def load_split_records(data_cfg: Mapping[str, Any]) -> tuple[dict[str, list[dict
         ``({"train": [...], "val": [...], "test": [...]}, DataInfo)``.
 
     Raises:
-        InputError: unknown attribute/label column (lists those available); missing or non-numeric
+        InputError: a subject listed twice (names the rows); unknown attribute/label column (lists those available); missing or non-numeric
             attribute values, missing labels or bad split names (names the rows) unless ``data.drop_missing``.
     """
     df, volumes, source = _load_frame(data_cfg)
+    duplicates = duplicate_problems(df["subject"])
+    if duplicates:
+        raise InputError(f"{source}: each subject must appear once; {'; '.join(duplicates[:10])}")
+    # CSV row numbers (header = row 1) for messages, as `medlatent data check` counts them
+    from_csv = volumes is None and bool(data_cfg.get("manifest"))
     drop_missing = bool(data_cfg.get("drop_missing"))
 
     attributes = [str(a) for a in data_cfg.get("attributes") or []]
@@ -231,6 +238,8 @@ def load_split_records(data_cfg: Mapping[str, Any]) -> tuple[dict[str, list[dict
         if attr_values is not None:
             record["attrs"] = attr_values[pos]
         record["subject"] = subject
+        if from_csv:
+            record["row"] = int(i) + 2
         records[splits.loc[i]].append(record)
     info = DataInfo(classes=classes, attributes=attributes, source=source,
                     counts={s: len(r) for s, r in records.items()}, label=label_col)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from monai.data.utils import affine_to_spacing
 
 from medlatent.attrivae.attention import METHOD_NAMES, MapSettings, attention_map, resolve_layer, with_defaults
 from medlatent.attrivae.attributes import AttributeMap
@@ -32,13 +33,13 @@ def _ras(volume: Any) -> tuple[np.ndarray, np.ndarray]:
         volume = LoadVolumed(["image"])({"image": volume})["image"]
     oriented = Orientation(axcodes="RAS", labels=tuple(zip("LPI", "RAS")))(volume)
     affine = np.asarray(oriented.affine, dtype=np.float64)
-    return np.asarray(oriented.as_tensor()[0].float().numpy()), np.linalg.norm(affine[:3, :3], axis=0)
+    return np.asarray(oriented.as_tensor()[0].float().numpy()), np.asarray(affine_to_spacing(affine, r=3))
 
 
 def item_spacing(item: Mapping[str, Any]) -> tuple[float, float, float]:
     """Voxel size in mm of a preprocessed item's image (the model input grid), from its affine."""
     affine = np.asarray(getattr(item["image"], "affine", np.eye(4)), dtype=np.float64)
-    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return tuple(float(v) for v in affine_to_spacing(affine, r=3))
 
 
 def item_body(item: Mapping[str, Any], device: torch.device) -> torch.Tensor | None:
@@ -129,7 +130,7 @@ def attention(run: str | Path, input: str | Path | None = None, manifest: str | 
     out = check_output_folder(out, ["index.csv"] + [f"{name}/{f}" for name in names.values() for f in files],
                               [manifest], overwrite)
     rows = []
-    for subject, source, item in iter_manifest(manifest, state.data_cfg):
+    for subject, source, item in iter_manifest(manifest, state.data_cfg, state.fingerprint):
         rows.append({"image": source, **_one(state, item, source, label, out / names[subject], settings, dim)})
     write_text_atomic(out / "index.csv", pd.DataFrame(rows).to_csv(index=False))
     print(f"wrote attention maps of {len(rows)} subjects to {out} (index: {out / 'index.csv'})")

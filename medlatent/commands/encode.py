@@ -19,7 +19,7 @@ __all__ = ["encode", "encode_features"]
 def _rows(state: LoadedRun, manifest: str | Path, codes_dir: Path | None = None) -> pd.DataFrame:
     names = output_names(manifest_subjects(manifest, state.data_cfg)) if codes_dir is not None else {}
     rows = []
-    for subject, _, item in iter_manifest(manifest, state.data_cfg):
+    for subject, _, item in iter_manifest(manifest, state.data_cfg, state.fingerprint):
         with state.inference():
             columns, arrays = state.family.features(state.model, as_batch(item, state.device))
         rows.append({"subject": subject, **columns})

@@ -9,7 +9,8 @@ are made safe and unique here, once.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,37 @@ from medlatent.commands.runs import LoadedRun
 from medlatent.errors import InputError
 from medlatent.io import safe_name
 
-__all__ = ["load_input", "as_batch", "iter_manifest", "manifest_subjects", "output_names"]
+__all__ = ["load_input", "warn_if_unlike_training", "as_batch", "iter_manifest", "manifest_subjects", "output_names"]
+
+
+def warn_if_unlike_training(fingerprint: Mapping[str, Any] | None, item: Mapping[str, Any], source: str) -> list[str]:
+    """Warn on stderr, naming ``source`` and what differs, when a scan does not look like the run's training data.
+
+    ``fingerprint``: the run's (``LoadedRun.fingerprint``; None for runs trained before it existed:
+    nothing is checked). ``item``: the scan as the pipeline loaded it. Returns the differences.
+    """
+    from medlatent.transforms.fingerprint import differences, volume_facts
+
+    if fingerprint is None:
+        return []
+    found = differences(fingerprint, volume_facts(item["image"].meta))
+    if found:
+        print(f"medlatent: warning: {source} does not look like this run's training data "
+              f"({fingerprint['n']} scans): {'; '.join(found)}. The model never saw such a scan; "
+              f"its outputs for it may mean nothing.", file=sys.stderr)
+    return found
 
 
 def load_input(state: LoadedRun, path: str | Path, mask: str | Path | None = None) -> dict[str, Any]:
-    """One scan preprocessed exactly as the run's training data (see ``transforms.pipeline.load_volume``)."""
+    """One scan preprocessed exactly as the run's training data (see ``transforms.pipeline.load_volume``).
+
+    A scan unlike the training data (intensities, spacing, shape, orientation) is warned about on stderr.
+    """
     from medlatent.transforms.pipeline import load_volume
 
-    return load_volume(path, state.data_cfg, mask=mask)
+    item = load_volume(path, state.data_cfg, mask=mask)
+    warn_if_unlike_training(state.fingerprint, item, str(path))
+    return item
 
 
 def as_batch(item: dict[str, Any], device: torch.device) -> torch.Tensor:
@@ -47,12 +71,20 @@ def _check_csv(manifest: Path) -> None:
                          f"(`medlatent data check {manifest}` lists them too):\n  {shown}{more}")
 
 
-def iter_manifest(manifest: str | Path, data_cfg: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def iter_manifest(manifest: str | Path, data_cfg: dict[str, Any], fingerprint: Mapping[str, Any] | None = None
+                  ) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """``(subject, source, preprocessed item)`` for each scan of a manifest CSV or MedMNIST ``.npz``.
 
     ``source`` is the image path (``""`` for an npz volume). A CSV is checked whole first;
-    InputError lists every bad row (header = row 1, as in ``data check``).
+    InputError lists every bad row (header = row 1, as in ``data check``). With the run's
+    ``fingerprint``, each scan unlike the training data is warned about on stderr.
     """
+    for subject, source, item in _iter_manifest(manifest, data_cfg):
+        warn_if_unlike_training(fingerprint, item, source or f"{manifest} subject {subject}")
+        yield subject, source, item
+
+
+def _iter_manifest(manifest: str | Path, data_cfg: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     from medlatent.transforms.pipeline import iter_manifest_volumes, preprocessing
     from medlatent.transforms.records import load_split_records
 

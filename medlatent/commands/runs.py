@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from medlatent.config import read_yaml_file
 from medlatent.errors import InputError
 from medlatent.family import Family
 from medlatent.precision import Precision
-from medlatent.runs import checkpoint_path, load_checkpoint
+from medlatent.runs import FINGERPRINT_FILE, checkpoint_path, load_checkpoint, read_json
 
 __all__ = ["LoadedRun", "load_run", "load_run_config", "family_for_command"]
 
@@ -77,6 +78,12 @@ class LoadedRun:
         Outputs may come in bf16/fp16: cast what is kept or written with ``.float()``.
         """
         return precision_lib.inference(self.precision, grad=grad)
+
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What the training scans looked like (``RUN/fingerprint.json``), or None for a run trained before it existed."""
+        path = self.run / FINGERPRINT_FILE
+        return read_json(path) if path.is_file() else None
 
 
 def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:

@@ -1,8 +1,11 @@
 """``medlatent train``: from a validated config to a trained run directory.
 
 The run folder is made only after the config and the data have passed: the records are read
-and checked, the datasets built (the memory cache reads every scan here), and only then are
-``config.yaml``, ``data_info.json`` and ``splits.csv`` written. A new run that fails before its
+and checked (a subject listed twice is refused), the datasets built, which reads every train and
+val scan once and runs ``data check``'s checks on it (the memory cache and the disk cache are
+filled in that pass; ``data.cache: none`` reads each file once more), and only then are
+``config.yaml``, ``data_info.json``, ``splits.csv`` and ``fingerprint.json`` (what the training
+scans look like, ``transforms/fingerprint.py``) written. A new run that fails before its
 first checkpoint leaves no folder behind.
 """
 
@@ -21,7 +24,7 @@ from medlatent.commands.runs import load_run_config
 from medlatent.engine import fit, seed_everything
 from medlatent.errors import InputError
 from medlatent.io import write_text_atomic
-from medlatent.runs import cache_dir_for, prepare_run, run_path, write_config, write_json
+from medlatent.runs import FINGERPRINT_FILE, cache_dir_for, prepare_run, run_path, write_config, write_json
 
 __all__ = ["train", "LENGTH_KEYS"]
 
@@ -37,6 +40,29 @@ def _check_lengthen(lengthen: dict[str, Any] | None) -> None:
                          f"--set to lengthen it, got {', '.join(other)}")
 
 
+def _checked_datasets(records: dict[str, list[dict]], source: str, cfg: dict[str, Any],
+                      cache_dir: Path | None) -> tuple[Any, Any]:
+    """The train and val datasets, every scan of both read and checked once, in the cache-building pass.
+
+    Raises:
+        InputError: one message listing every bad scan of both splits, by manifest row (header =
+            row 1, as ``data check`` counts), subject and file.
+    """
+    from medlatent.transforms.pipeline import make_dataset
+
+    datasets, problems = {}, []
+    for split in ("train", "val"):
+        try:
+            datasets[split] = make_dataset(records.get(split, []), cfg["data"], train=split == "train",
+                                           cache_dir=cache_dir, check=True)
+        except InputError as err:
+            problems.append(f"{split} split: {err}")
+    if problems:
+        raise InputError(f"{source}: train refuses this data; nothing was written "
+                         f"(`medlatent data check` lists every problem of the manifest):\n" + "\n".join(problems))
+    return datasets["train"], datasets["val"]
+
+
 def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = False,
           lengthen: dict[str, Any] | None = None) -> Path:
     """Train the family named by ``cfg['model']``; returns the run directory.
@@ -46,7 +72,7 @@ def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = Fal
     ``--set`` on the command line) is the one explicit exception. ``train.max_minutes`` counts
     the run's training time over all its invocations.
     """
-    from medlatent.transforms.pipeline import make_dataset
+    from medlatent.transforms.fingerprint import summarize
     from medlatent.transforms.records import load_split_records
 
     _check_lengthen(lengthen)
@@ -59,9 +85,7 @@ def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = Fal
     try:
         seed_everything(int(cfg["train"]["seed"]))
         records, info = load_split_records(cfg["data"])
-        cache_dir = cache_dir_for(cfg, run)
-        train_set = make_dataset(records["train"], cfg["data"], train=True, cache_dir=cache_dir)
-        val_set = make_dataset(records.get("val", []), cfg["data"], train=False, cache_dir=cache_dir)
+        train_set, val_set = _checked_datasets(records, info.source, cfg, cache_dir_for(cfg, run))
         prepare_run(cfg, run, resume)
         if dist_utils.is_main():
             write_config(run, cfg)
@@ -69,6 +93,8 @@ def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = Fal
             splits = pd.DataFrame([{"subject": r["subject"], "split": split}
                                    for split, rs in records.items() for r in rs])
             write_text_atomic(run / "splits.csv", splits.to_csv(index=False))
+            if train_set.volume_facts:  # what the training scans looked like, for the commands that take a scan
+                write_json(run / FINGERPRINT_FILE, summarize(train_set.volume_facts))
         task = family.build_task(cfg, info, run, records)
         fit(task, train_set, val_set, cfg, run, resume=resume)
     except BaseException:
