@@ -120,8 +120,12 @@ def default_settings(target: str) -> tuple[MapSettings, ...]:
 
 
 def default_layer(model: AttriVAE) -> str:
-    """The last encoder layer (forward order) with at least ``MIN_VOXELS`` voxels along every axis."""
-    usable = [name for name, shape in model.layer_shapes().items() if min(shape) >= MIN_VOXELS]
+    """The encoder's first layer (``encoder.stem``, the finest grid), unless it is coarser than
+    ``MIN_VOXELS`` per axis: then the last layer that is not (chosen in docs/attention.md)."""
+    shapes = model.layer_shapes()
+    if min(shapes["encoder.stem"]) >= MIN_VOXELS:
+        return "encoder.stem"
+    usable = [name for name, shape in shapes.items() if min(shape) >= MIN_VOXELS]
     return usable[-1] if usable else "encoder.stem"
 
 
@@ -261,8 +265,9 @@ def attention_maps(model: AttriVAE, x: torch.Tensor, dim: int | None = None, set
         if cam.shape[2:] != x.shape[2:]:
             cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="trilinear")
         cam = torch.nan_to_num(cam, nan=0.0)
-        peak = cam.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1, 1)
-        maps[evidence] = (cam / peak).clamp(-1.0 if evidence == "signed" else 0.0, 1.0)
+        peak = cam.abs().flatten(1).amax(1).view(-1, 1, 1, 1, 1)  # may be tiny (an untrained model): no floor
+        scaled = torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+        maps[evidence] = scaled.clamp(-1.0 if evidence == "signed" else 0.0, 1.0)
     return maps
 
 

@@ -209,28 +209,30 @@ def spearman(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> floa
     return float(stats.spearmanr(x, y)[0])
 
 
-def _stages(model: nn.Module) -> list[str]:
+def _stages(model: nn.Module, classifier: bool = True) -> list[str]:
     """Sub-modules of an Attri-VAE encoder path from the output down to the input."""
-    names = ["classifier"] if getattr(model, "classifier", None) is not None else []
+    names = ["classifier"] if classifier and getattr(model, "classifier", None) is not None else []
     names += ["to_moments", "encoder.head", "encoder.residual"]
     names += sorted((n for n, _ in model.named_modules() if n.count(".") == 2 and n.startswith("encoder.levels.")),
                     key=lambda n: -int(n.rsplit(".", 1)[1]))
     return names + ["encoder.stem"]
 
 
-def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+def cascading_randomization(model: nn.Module, seed: int = 0, classifier: bool = True) -> Iterator[tuple[str, nn.Module]]:
     """Copies of ``model`` with more and more layers re-initialised, from the top down (Adebayo et al. 2018).
 
     Yields ``(stage, model copy)`` in eval mode: first the classifier (when there is one), then
     ``to_moments``, the encoder's head, residual stack, levels from the deepest, and the stem;
     each copy has that stage and every stage before it re-initialised (``reset_parameters``,
-    which also resets batch-norm statistics). The global random state is left as it was.
+    which also resets batch-norm statistics). ``classifier=False`` leaves the classifier out: it is
+    not on the path of a latent attribute's ``mu_k``, so randomising it cannot change that map.
+    The global random state is left as it was.
     """
     clone = copy.deepcopy(model)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        for stage in _stages(model):
+        for stage in _stages(model, classifier):
             for module in clone.get_submodule(stage).modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
@@ -240,7 +242,8 @@ def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[s
 
 
 def randomization_check(map_of: Callable[[nn.Module, torch.Tensor], Any], model: nn.Module, x: torch.Tensor,
-                        reference: Any = None, noise: float = 0.02, ratio: float = 0.5, seed: int = 0) -> dict[str, Any]:
+                        reference: Any = None, noise: float = 0.02, ratio: float = 0.5, seed: int = 0,
+                        classifier: bool = True) -> dict[str, Any]:
     """Model-randomisation sanity check of one attention method.
 
     Args:
@@ -253,6 +256,7 @@ def randomization_check(map_of: Callable[[nn.Module, torch.Tensor], Any], model:
         ratio: the check passes when, at every stage of ``cascading_randomization``, the median
             Spearman between trained and randomised maps is below ``ratio`` times the median
             Spearman between the trained and the reference maps.
+        classifier: randomise the classifier first (for class maps; False for an attribute's maps).
 
     Returns:
         ``{"trained_rho", "stages": {stage: median rho}, "max_random_rho", "passed"}`` (a dict of
@@ -271,7 +275,7 @@ def randomization_check(map_of: Callable[[nn.Module, torch.Tensor], Any], model:
         reference = map_of(model, x + noise * jitter)
     reference = keyed(reference)
     stages: dict[Any, dict[str, float]] = {key: {} for key in trained}
-    for stage, randomized in cascading_randomization(model, seed):
+    for stage, randomized in cascading_randomization(model, seed, classifier):
         maps = keyed(map_of(randomized, x))
         for key in trained:
             stages[key][stage] = median_rho(trained[key], maps[key])

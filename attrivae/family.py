@@ -47,7 +47,7 @@ class NetSection(Section):
     # what the classifier reads in training: mu, as at inference, so that its batch-norm
     # statistics match; z (the paper) leaves them fitted to noisier inputs (docs/attrivae.md)
     classifier_input: Literal["mu", "z"] = "mu"
-    attention_layer: str | None = None             # None = last encoder layer with >= 4 voxels per axis
+    attention_layer: str | None = None             # None = attrivae.attention.default_layer (the stem)
     attention_method: Literal[METHODS] | None = None  # type: ignore[valid-type]  # None = attrivae.attention's default
 
     @field_validator("space_to_depth")

@@ -125,7 +125,8 @@ def _summary(per_subject: dict[str, list[float]], sanity: dict[str, Any] | None,
     }
 
 
-def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: int, subjects: int) -> dict[str, Any]:
+def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: int, subjects: int,
+                  methods: list[str] | None = None) -> dict[str, Any]:
     """The full method x layer x evidence table and the defaults' figures for one trained run."""
     from medlatent.attrivae.attention import (EVIDENCE, attention_maps, blurred, default_settings, map_cell,
                                               resolve_layer, target_score)
@@ -151,7 +152,7 @@ def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: in
     # the brain (IXI) or the left ventricle (EMIDEC, whose images are masked to it); the phantoms' field of view
     body_all = torch.ones_like(labels) if GROUND_TRUTH[dataset]["body"] == "field of view" else (labels > 0).float()
     positive = [int(r.get("label", 0) or 0) == 1 for r in test]
-    candidates = _candidates(model, quick)
+    candidates = [c for c in _candidates(model, quick) if methods is None or c.method in methods]
     rows, defaults = [], {"class": None, "attributes": {}}
     for target, dim, structure_name, structure_labels in _targets(dataset, state, amap):
         structure_all = _structure(labels, structure_labels)
@@ -171,7 +172,7 @@ def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: in
             maps = {e: torch.cat([maps[e], rest[e]]) if rest is not None else maps[e] for e in EVIDENCE}
             few = 1 if settings.method == "occlusion" else n_sanity
             sanity = randomization_check(lambda m, v: attention_maps(m, v, dim, settings, spacing=spacing), model,
-                                         x[:few])
+                                         x[:few], classifier=dim is None)
             cell = map_cell(model, settings)
             for evidence in EVIDENCE:
                 cams = maps[evidence].cpu()
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-orders", type=int, default=10, help="random deletion orders (default 10)")
     parser.add_argument("--steps", type=int, default=16, help="points of a deletion curve minus one (default 16)")
     parser.add_argument("--subjects", type=int, help="test subjects scored (default 12 with --quick, else 40)")
+    parser.add_argument("--methods", nargs="+", help="score only these methods (default all)")
     parser.add_argument("--all-candidates", action="store_true",
                         help="every usable layer and all three baselines (default: 3 layers, 2 baselines)")
     parser.add_argument("--threads", type=int, help="torch threads (on a shared CPU 1 is faster)")
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         run = given or _train(dataset, args.out, min(args.budget_min, 6.0) if args.quick else args.budget_min,
                               args.quick)
         results[dataset] = score_dataset(dataset, run, args.quick or not args.all_candidates, args.random_orders,
-                                         args.steps, args.subjects or (12 if args.quick else 40))
+                                         args.steps, args.subjects or (12 if args.quick else 40), args.methods)
         print(table(dataset, results[dataset]), flush=True)
         traversal = _traversal(dataset, run, args.quick)
         if traversal is not None:

@@ -98,7 +98,7 @@ def attention(run: str | Path, input: str | Path | None = None, manifest: str | 
     ``negative``: where it lowers it; ``absolute``: both; files of the last two get a
     ``_negative`` / ``_absolute`` suffix), ``baseline`` and ``patch_mm`` (integrated gradients,
     occlusion): see ``attrivae.attention.MapSettings``; ``layer``: an encoder layer name (default:
-    ``net.attention_layer``, else the last encoder layer with at least 4 voxels per axis).
+    ``net.attention_layer``, else ``attrivae.attention.default_layer``: the encoder stem).
     ``mask``: the ``input``'s mask, needed when the run was trained with ``data.mask_image`` (a
     manifest gives them in its ``mask`` column).
 

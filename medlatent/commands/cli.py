@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help=MANIFEST_HELP)
     p.add_argument("--attribute", help="explain this regularised attribute's latent mean mu_k")
     p.add_argument("--class", dest="use_class", action="store_true", help="explain the classifier's logit")
-    p.add_argument("--layer", help="encoder layer name (default: last with >= 4 voxels per axis)")
+    p.add_argument("--layer", help="encoder layer name (default: encoder.stem, the finest; docs/attention.md)")
     p.add_argument("--method", choices=METHODS,
                    help="hirescam (default; docs/attention.md has the measurements that chose it), gradcam, "
                         "guided_gradcam, integrated_gradients or occlusion (all captum)")

@@ -9,9 +9,9 @@ from medlatent.attrivae.model import AttriVAE
 from medlatent.errors import InputError
 
 
-def test_default_layer_is_last_with_four_voxels_per_axis():
+def test_default_layer_is_the_stem():
     model = AttriVAE((64, 64, 48), channels=(4, 4, 4, 4), latent_dim=4, bottleneck_channels=4, num_outputs=1)
-    assert default_layer(model) == "encoder.levels.2"  # 8x8x6; the levels below are 4x4x3
+    assert default_layer(model) == "encoder.stem"  # 64x64x48: the finest grid (docs/attention.md)
     with pytest.raises(InputError, match="encoder.levels.0"):
         resolve_layer(model, "decoder.head")
 

@@ -85,6 +85,8 @@ def test_cascading_randomization_changes_layers_from_the_top(lesion_subjects):
     trained = dict(state.model.named_parameters())
     changed = {n for n, p in first.named_parameters() if not torch.equal(p, trained[n])}
     assert changed and all(n.startswith("classifier.") for n in changed)
+    # an attribute's mu_k does not go through the classifier: its cascade starts at to_moments
+    assert next(cascading_randomization(state.model, classifier=False))[0] == "to_moments"
 
 
 def test_randomization_check_separates_the_trained_phantom_model(lesion_subjects):
