@@ -276,7 +276,9 @@ def _traversal(dataset: str, run: Path, quick: bool) -> dict[str, Any] | None:
         rows = [measure_phantom(v[0].cpu().numpy(), spacing) for v in volumes]
         return {k: [r[k] for r in rows] for k in rows[0]}
 
-    sd = {name: float(np.std([float(r[name]) for r in records["train"]])) for name in amap.regularized}
+    columns = list(state.cfg["data"]["attributes"])  # the order of record["attrs"]
+    sd = {name: float(np.std([float(r["attrs"][columns.index(name)]) for r in records["train"]]))
+          for name in amap.regularized}
     return measure_traversal(state.model, x, amap, measure, sd)
 
 
@@ -311,11 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         results[dataset] = score_dataset(dataset, run, args.quick or not args.all_candidates, args.random_orders,
                                          args.steps, args.subjects or (12 if args.quick else 40), args.methods)
         print(table(dataset, results[dataset]), flush=True)
+        if args.json:  # written after each step, so an interrupted run keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
         traversal = _traversal(dataset, run, args.quick)
         if traversal is not None:
             results["traversal"][dataset] = traversal
+            print(f"[{dataset}] traversals: " + ", ".join(f"{k}: Spearman {v['spearman']:.2f}, off-target "
+                                                          f"{v['off_target']:.2f}" for k, v in traversal.items()))
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
