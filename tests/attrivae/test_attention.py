@@ -105,9 +105,9 @@ def test_class_attention_concentrates_on_the_lesion(lesion_subjects):
         enrichment[method] = float((inside / share).median())
         print(f"{method}: median {float(inside.median()):.3f} of the map mass inside the lesion, "
               f"lesion share {float(share.median()):.4f}, enrichment x{enrichment[method]:.2f}")
-    # the default map puts clearly more of its mass on the lesion than the lesion's share of the
-    # volume: measured x1.85 here (Grad-CAM x1.95); a margin for other CPUs' arithmetic
-    assert enrichment["hirescam"] > 1.3
+    # the default map (HiResCAM at encoder.stem) puts far more of its mass on the lesion than the
+    # lesion's share of the volume: measured x20.1 here (Grad-CAM x9.5); the issue's target is x5
+    assert enrichment["hirescam"] > 5.0
 
 
 @pytest.mark.parametrize("method", ["hirescam", "guided_gradcam", "integrated_gradients"])
