@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -116,5 +118,10 @@ def test_phantom_class_map_beats_random_in_deletion(lesion_subjects):
 
 
 def test_measure_cost_reports_time_and_memory():
-    result, seconds, peak_mib = measure_cost(lambda: torch.ones(64, 1024, 1024).sum())  # 256 MiB
+    def hold_256_mib() -> torch.Tensor:
+        block = torch.ones(64, 1024, 1024)
+        time.sleep(0.3)  # long enough for the sampler to run even when the CPU is loaded
+        return block.sum()
+
+    result, seconds, peak_mib = measure_cost(hold_256_mib)
     assert float(result) == 64 * 1024 * 1024 and seconds > 0 and peak_mib > 100
