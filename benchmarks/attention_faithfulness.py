@@ -13,13 +13,18 @@ the class map and each regularised attribute's map against its structure:
 - IXI: ``lateral_ventricles_mm3`` -> lateral ventricles (DLMUSE 51, 52), ``hippocampus_mm3`` ->
   hippocampus (47, 48); the body is the brain (DLMUSE > 0).
 
+Traversals (``traversal.<dataset>.<attribute>``: ``spearman``, ``off_target``): phantoms measured by
+thresholds, EMIDEC and IXI by a MONAI resnet18 regressor trained on the run's training scans (its
+validation and test Spearman per attribute are stored with them as ``judge``).
+
 Figures (attrivae/faithfulness.py): ROI enrichment (median, 95% bootstrap CI), pointing game,
 IoU of the map thresholded at half its peak, deletion and insertion AUC against 10 random orders
 (Wilcoxon p, paired per subject), the cascading randomisation check, seconds and peak MiB per map.
 
 Usage (repo root):
     python benchmarks/attention_faithfulness.py [--quick] [--json OUT] [--datasets phantoms emidec ixi]
-        [--phantoms-run RUN] [--emidec-run RUN] [--ixi-run RUN] [--budget-min 15] [--threads 1]
+        [--phantoms-run RUN] [--emidec-run RUN] [--ixi-run RUN] [--budget-min 15] [--regressor-min 4]
+        [--threads 1]
 ``--quick``: phantoms only, fewer layers and subjects, a few minutes.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -136,16 +142,11 @@ def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: in
     from medlatent.attrivae.task import plain
     from medlatent.commands.attention import item_spacing
     from medlatent.commands.runs import load_run
-    from medlatent.transforms.pipeline import make_dataset
-    from medlatent.transforms.records import load_split_records
 
     state = load_run(run, "attention")
     model = state.model
     amap = AttributeMap.load(state.run)
-    records, _ = load_split_records(state.cfg["data"])
-    test = records["test"][:subjects]
-    data = make_dataset(test, {**state.cfg["data"], "cache": "none", "augment": []}, train=False)
-    items = [data[i] for i in range(len(data))]
+    _, test, items = _test_scans(state, subjects)
     spacing = item_spacing(items[0])
     x_all = torch.stack([plain(i["image"]).float() for i in items]).to(state.device)
     labels = torch.stack([plain(i["mask"]).float() for i in items])
@@ -246,40 +247,58 @@ def table(dataset: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _traversal(dataset: str, run: Path, quick: bool) -> dict[str, Any] | None:
-    """Decoded traversals measured independently (``attrivae.traversal.measure_traversal``).
-
-    Phantoms: each decoded step is thresholded and measured (``transforms.phantoms.measure_phantom``).
-    EMIDEC and IXI need the supervised regressor (``attrivae.attribute_regressor``); not run here.
-    """
-    if dataset != "phantoms":
-        return None
-    from medlatent.attrivae.attributes import AttributeMap
-    from medlatent.attrivae.task import plain
-    from medlatent.attrivae.traversal import measure_traversal
-    from medlatent.commands.attention import item_spacing
-    from medlatent.commands.runs import load_run
-    from medlatent.transforms.phantoms import measure_phantom
+def _test_scans(state: Any, subjects: int) -> tuple[dict[str, list], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(records by split, the first test records, their items preprocessed as in evaluation)``."""
     from medlatent.transforms.pipeline import make_dataset
     from medlatent.transforms.records import load_split_records
 
+    records, _ = load_split_records(state.cfg["data"])
+    test = records["test"][:subjects]
+    data = make_dataset(test, {**state.cfg["data"], "cache": "none", "augment": []}, train=False)
+    return records, test, [data[i] for i in range(len(data))]
+
+
+def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float) -> dict[str, Any]:
+    """Decoded traversals measured independently (``attrivae.traversal.measure_traversal``).
+
+    Phantoms: each decoded step is thresholded and measured (``traversal.phantom_measure``).
+    EMIDEC and IXI: a MONAI resnet18 regressor (``attrivae.attribute_regressor``) is trained for
+    ``regressor_min`` minutes on the run's training split, preprocessed as the run saw it, and reads
+    the regularised attributes off each decoded step; its Spearman on the validation split and on
+    the test scans (real, not decoded) is stored with each attribute's figures as ``judge``.
+    """
+    from scipy.stats import spearmanr
+
+    from medlatent.attrivae.attribute_regressor import train_attribute_regressor
+    from medlatent.attrivae.attributes import AttributeMap
+    from medlatent.attrivae.task import plain
+    from medlatent.attrivae.traversal import measure_traversal, phantom_measure
+    from medlatent.commands.attention import item_spacing
+    from medlatent.commands.runs import load_run
+
     state = load_run(run, "traverse")
     amap = AttributeMap.load(state.run)
-    records, _ = load_split_records(state.cfg["data"])
-    test = records["test"][: (6 if quick else 20)]
-    data = make_dataset(test, {**state.cfg["data"], "cache": "none", "augment": []}, train=False)
-    items = [data[i] for i in range(len(data))]
-    spacing = item_spacing(items[0])
+    records, test, items = _test_scans(state, subjects)
     x = torch.stack([plain(i["image"]).float() for i in items])
-
-    def measure(volumes: torch.Tensor) -> dict[str, list[float]]:
-        rows = [measure_phantom(v[0].cpu().numpy(), spacing) for v in volumes]
-        return {k: [r[k] for r in rows] for k in rows[0]}
-
     columns = list(state.cfg["data"]["attributes"])  # the order of record["attrs"]
     sd = {name: float(np.std([float(r["attrs"][columns.index(name)]) for r in records["train"]]))
           for name in amap.regularized}
-    return measure_traversal(state.model, x, amap, measure, sd)
+    if dataset == "phantoms":
+        measure, judge = phantom_measure(item_spacing(items[0])), {"kind": "thresholds (measure_phantom)"}
+    else:  # the regressor's own copy of the data: never the run's (possibly shared) disk cache
+        started = time.perf_counter()
+        regressor, judge = train_attribute_regressor(records, {**state.cfg["data"], "cache": "memory"}, columns,
+                                                     amap.regularized, minutes=regressor_min, device=state.device)
+        read = regressor.predict(x)
+        judge["test_spearman"] = {name: float(np.nan_to_num(spearmanr(
+            [float(r["attrs"][columns.index(name)]) for r in test], read[name])[0])) for name in amap.regularized}
+        judge = {"kind": "MONAI resnet18 regressor", **judge, "seconds": time.perf_counter() - started}
+        print(f"[{dataset}] regressor: {judge['epochs']} epochs in {judge['seconds']:.0f} s; Spearman val / test: "
+              + ", ".join(f"{n} {judge['val_spearman'].get(n, math.nan):.2f} / {judge['test_spearman'][n]:.2f}"
+                          for n in amap.regularized), flush=True)
+        measure = regressor.predict
+    result = measure_traversal(state.model, x, amap, measure, sd)
+    return {name: {**figures, "judge": judge} for name, figures in result.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", help="score only these methods (default all)")
     parser.add_argument("--all-candidates", action="store_true",
                         help="every usable layer and all three baselines (default: 3 layers, 2 baselines)")
+    parser.add_argument("--regressor-min", type=float, default=4.0,
+                        help="training minutes of the EMIDEC / IXI traversal regressor (default 4)")
     parser.add_argument("--threads", type=int, help="torch threads (on a shared CPU 1 is faster)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -316,11 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # written after each step, so an interrupted run keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
-        traversal = _traversal(dataset, run, args.quick)
-        if traversal is not None:
-            results["traversal"][dataset] = traversal
-            print(f"[{dataset}] traversals: " + ", ".join(f"{k}: Spearman {v['spearman']:.2f}, off-target "
-                                                          f"{v['off_target']:.2f}" for k, v in traversal.items()))
+        traversal = _traversal(dataset, run, min(args.subjects or 20, 6 if args.quick else 20), args.regressor_min)
+        results["traversal"][dataset] = traversal
+        print(f"[{dataset}] traversals: " + ", ".join(f"{k}: Spearman {v['spearman']:.2f}, off-target "
+                                                      f"{v['off_target']:.2f}" for k, v in traversal.items()))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
