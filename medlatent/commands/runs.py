@@ -58,6 +58,9 @@ class LoadedRun:
     model: nn.Module
     checkpoint: str
     epoch: int
+    #: the run's ``train.precision``/``channels_last`` resolved on this machine's device (what evaluate uses,
+    #: as validation did in training)
+    precision: Precision
 
     @property
     def device(self) -> torch.device:
@@ -67,23 +70,12 @@ class LoadedRun:
     def data_cfg(self) -> dict[str, Any]:
         return self.cfg["data"]
 
-    @property
-    def precision(self) -> Precision:
-        """The run's ``train.precision``/``channels_last`` resolved on this machine's device."""
-        return precision_lib.resolve(self.cfg["train"], self.device)
-
     def inference(self, grad: bool = False) -> contextlib.AbstractContextManager:
-        """Every command's pass through the model: autocast in the run's precision, inference mode unless ``grad``.
+        """Every command's pass through the model (``precision.for_commands``), inference mode unless ``grad``.
 
-        On CPU the commands run in fp32 whatever the run trained in: one volume's pass costs well under a
-        second, and a written volume must not depend on whether this CPU has native bf16 (the same run's
-        reconstruction differs by ~3e-3 between bf16 and fp32), nor differ from the exported bundle's.
         Outputs may come in bf16/fp16 on CUDA: cast what is kept or written with ``.float()``.
         """
-        precision = self.precision
-        if precision.device_type == "cpu" and precision.name != "fp32":
-            precision = dataclasses.replace(precision, name="fp32", reason="commands on CPU run in fp32")
-        return precision_lib.inference(precision, grad=grad)
+        return precision_lib.inference(precision_lib.for_commands(self.precision), grad=grad)
 
     @functools.cached_property
     def fingerprint(self) -> dict[str, Any] | None:
@@ -113,6 +105,8 @@ def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:
         raise InputError(f"{path}: does not match the network in {run / 'config.yaml'}: {err}") from None
-    model.to(dist_utils.pick_device()).eval()
-    precision_lib.prepare_model(model, precision_lib.resolve(cfg["train"], dist_utils.pick_device()))
-    return LoadedRun(run, cfg, family, model, path.stem, int(state.get("epoch", 0)))
+    device = dist_utils.pick_device()
+    model.to(device).eval()
+    precision = precision_lib.resolve(cfg["train"], device)
+    precision_lib.prepare_model(model, precision)
+    return LoadedRun(run, cfg, family, model, path.stem, int(state.get("epoch", 0)), precision)

@@ -160,6 +160,15 @@ def test_inference_context_disables_gradients_and_autocasts():
         assert layer(torch.rand(2, 4)).dtype == torch.float32
 
 
+
+def test_commands_run_in_fp32_on_cpu_and_in_the_runs_precision_on_cuda():
+    assert precision.for_commands(CPU_BF16).name == "fp32"
+    assert precision.for_commands(CPU_BF16).channels_last == CPU_BF16.channels_last
+    cuda_bf16 = precision.Precision("cuda", "bf16", True)
+    assert precision.for_commands(cuda_bf16) == cuda_bf16
+    with precision.inference(precision.for_commands(CPU_BF16)):
+        assert torch.nn.Linear(4, 4)(torch.rand(2, 4)).dtype == torch.float32
+
 # --- the engine: precision recorded, bf16 run, NaN guard -------------------------------------------
 
 def test_a_bf16_toy_run_records_its_precision_and_trains_as_fp32_does(tmp_path):
