@@ -82,10 +82,12 @@ def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = Fal
         cfg = load_run_config(run, lengthen)
     family = family_of(cfg["model"])
     created = not run.exists()
+    cache_dir = cache_dir_for(cfg, run)
+    cache_created = cache_dir is not None and not cache_dir.exists()
     try:
         seed_everything(int(cfg["train"]["seed"]))
         records, info = load_split_records(cfg["data"])
-        train_set, val_set = _checked_datasets(records, info.source, cfg, cache_dir_for(cfg, run))
+        train_set, val_set = _checked_datasets(records, info.source, cfg, cache_dir)
         prepare_run(cfg, run, resume)
         if dist_utils.is_main():
             write_config(run, cfg)
@@ -98,8 +100,12 @@ def train(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = Fal
         task = family.build_task(cfg, info, run, records)
         fit(task, train_set, val_set, cfg, run, resume=resume)
     except BaseException:
-        # a new run that never saved a checkpoint is not a run: leave nothing behind
-        if created and dist_utils.is_main() and not (run / "checkpoints" / "last.pt").is_file():
-            shutil.rmtree(run, ignore_errors=True)
+        # a new run that never saved a checkpoint is not a run: leave nothing behind, not even the
+        # disk cache it started in a folder that was there before (the --out folder, or data.cache_dir)
+        if dist_utils.is_main() and not (run / "checkpoints" / "last.pt").is_file():
+            if created:
+                shutil.rmtree(run, ignore_errors=True)
+            if cache_created:
+                shutil.rmtree(cache_dir, ignore_errors=True)
         raise
     return run

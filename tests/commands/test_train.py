@@ -148,6 +148,15 @@ def test_every_cache_mode_refuses_every_bad_row_of_both_splits(phantoms: Path, t
     assert not run.exists()
 
 
+
+def test_a_refused_train_into_an_existing_folder_leaves_it_as_it_was(phantoms: Path, tmp_path: Path, capsys) -> None:
+    config, run = _setup(phantoms, tmp_path, "NaN", cache="disk")
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", str(config), "--out", str(run)]) == 2
+    assert "contains NaN" in capsys.readouterr().err
+    assert sorted(p.name for p in run.rglob("*")) == ["notes.txt"]  # the disk cache it started is gone too
+
 def test_clean_data_trains(phantoms: Path, tmp_path: Path) -> None:
     # the same set-up without a bad row trains: the refusals above are about the planted file
     config, run = _setup(phantoms, tmp_path, None)
