@@ -157,12 +157,13 @@ def resolve(train_cfg: Mapping[str, Any], device: torch.device | str) -> Precisi
 
 
 def for_commands(precision: Precision) -> Precision:
-    """What a command's pass through a trained model (reconstruct, encode, attention, sampling) runs in.
+    """What a command's pass through a trained model (evaluate, reconstruct, encode, attention, sampling) runs in.
 
     The run's precision on CUDA; fp32 on CPU whatever the run trained in: one volume's pass costs well
     under a second there, and a written volume must not depend on whether this CPU has native bf16
     (the same run's reconstruction differs by ~3e-3 between bf16 and fp32), nor differ from the
-    exported bundle's. ``evaluate`` keeps the run's own precision, as validation had in training.
+    exported bundle's; and ``evaluate``'s figures must not depend on it either. Validation during
+    training runs in the training precision (the engine's, not this).
     """
     if precision.device_type == "cpu" and precision.name != "fp32":
         return dataclasses.replace(precision, name="fp32", reason="commands on CPU run in fp32")

@@ -58,8 +58,8 @@ class LoadedRun:
     model: nn.Module
     checkpoint: str
     epoch: int
-    #: the run's ``train.precision``/``channels_last`` resolved on this machine's device (what evaluate uses,
-    #: as validation did in training)
+    #: the run's ``train.precision``/``channels_last`` resolved on this machine's device (commands run in
+    #: ``precision.for_commands`` of it)
     precision: Precision
 
     @property

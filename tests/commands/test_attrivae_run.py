@@ -18,6 +18,25 @@ def test_run_saves_scaler_and_dim_map(trained_run):
     assert all(lo < hi for lo, hi in zip(amap.minimum, amap.maximum))
 
 
+
+def test_evaluate_runs_in_fp32_on_a_cpu_whatever_auto_picks(trained_run, monkeypatch):
+    # figures in eval/metrics.json must not depend on whether this CPU has native bf16
+    import medlatent.commands.evaluate as evaluate_command
+    from medlatent import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda *args, **kwargs: True)  # auto -> bf16 on any CPU
+    used = []
+    real = evaluate_command.run_evaluation
+
+    def spy(task, model, loader, device, run_precision=None, **kwargs):
+        used.append(run_precision)
+        return real(task, model, loader, device, run_precision, **kwargs)
+
+    monkeypatch.setattr(evaluate_command, "run_evaluation", spy)
+    assert precision.resolve({"precision": "auto"}, "cpu").name == "bf16"
+    assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
+    assert [p.name for p in used] == ["fp32"]
+
 def test_evaluate_writes_every_metric(trained_run):
     assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
     metrics = json.loads((trained_run / "eval" / "metrics.json").read_text())
