@@ -25,7 +25,8 @@ Usage (repo root):
     python benchmarks/attention_faithfulness.py [--quick] [--json OUT] [--datasets phantoms emidec ixi]
         [--phantoms-run RUN] [--emidec-run RUN] [--ixi-run RUN] [--budget-min 15] [--regressor-min 4]
         [--threads 1]
-``--quick``: phantoms only, fewer layers and subjects, a few minutes.
+``--quick``: phantoms only, a few minutes (``QUICK``: 2-minute training, HiResCAM at two layers and
+Grad-CAM, 4 random orders, 4 traversed subjects).
 """
 
 from __future__ import annotations
@@ -56,16 +57,26 @@ GROUND_TRUTH: dict[str, dict[str, Any]] = {
 }
 
 
-def _candidates(model: Any, quick: bool) -> list[Any]:  # quick: 3 layers, 2 baselines
-    """The (method, layer, baseline) settings compared: layer methods at each usable layer, input methods."""
+def _candidates(model: Any, scope: str) -> list[Any]:
+    """The (method, layer, baseline) settings compared: layer methods at each usable layer, input methods.
+
+    ``scope``: ``all`` (every usable layer, three baselines), ``default`` (first, middle and default
+    layer; blurred and zero baselines) or ``quick`` (HiResCAM at the default and middle layer,
+    Grad-CAM at the default layer: the defaults and the cheap comparisons that chose them; the
+    input methods, 20-40x slower per map, are left to the full run).
+    """
     from medlatent.attrivae.attention import MIN_VOXELS, MapSettings, default_layer
 
     shapes = model.layer_shapes()
     layers = [n for n, s in shapes.items() if min(s) >= MIN_VOXELS and n != "encoder.residual"]
-    if quick:
+    if scope == "quick":
+        default, middle = default_layer(model), layers[len(layers) // 2]
+        return [*(MapSettings(method="hirescam", layer=layer) for layer in dict.fromkeys((default, middle))),
+                MapSettings(method="gradcam", layer=default)]
+    if scope == "default":
         layers = sorted({layers[0], layers[len(layers) // 2], default_layer(model)}, key=layers.index)
     out = [MapSettings(method=m, layer=layer) for m in ("hirescam", "gradcam", "guided_gradcam") for layer in layers]
-    baselines = ("blurred", "zeros") if quick else ("blurred", "zeros", "masked")
+    baselines = ("blurred", "zeros") if scope == "default" else ("blurred", "zeros", "masked")
     out += [MapSettings(method="integrated_gradients", baseline=b) for b in baselines]
     out.append(MapSettings(method="occlusion"))
     return out
@@ -82,13 +93,22 @@ def _train(dataset: str, out: Path, budget_min: float, quick: bool) -> Path:
     if dataset == "phantoms":
         from medlatent.transforms.phantoms import write_phantom_dataset
 
-        manifest = write_phantom_dataset(out / "phantoms", n_subjects=48 if quick else 80, shape=(32, 32, 32), seed=0)
+        # quick: 72 phantoms give 14 test subjects, 7 with a lesion: the fewest for which a paired test over
+        # subjects can reach p < 0.01 (one-sided Wilcoxon, 1/2^7)
+        manifest = write_phantom_dataset(out / ("phantoms_quick" if quick else "phantoms"),
+                                         n_subjects=72 if quick else 80, shape=(32, 32, 32), seed=0)
         overrides.append(f"data.manifest={manifest}")
     if dataset == "emidec":
         from attrivae_metrics import _emidec_shape_table  # benchmarks/ is on sys.path when run as a script
 
         _emidec_shape_table(CONFIGS[dataset])  # runs/emidec/shape.csv, when missing
     return train(load_config(CONFIGS[dataset], overrides), run)
+
+
+#: what ``--quick`` cuts (docs/benchmarks.md, "Attention faithfulness", has its wall time): the training
+#: budget (the demo config's 40 epochs usually end first), the candidates (``_candidates``), the
+#: random deletion orders (the Wilcoxon test pairs subjects, not orders) and the traversed subjects
+QUICK = {"budget_min": 2.0, "random_orders": 4, "subjects": 16, "traversal_subjects": 4}
 
 
 def _structure(labels: torch.Tensor, values: tuple[int, ...]) -> torch.Tensor:
@@ -131,7 +151,7 @@ def _summary(per_subject: dict[str, list[float]], sanity: dict[str, Any] | None,
     }
 
 
-def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: int, subjects: int,
+def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int, subjects: int,
                   methods: list[str] | None = None) -> dict[str, Any]:
     """The full method x layer x evidence table and the defaults' figures for one trained run."""
     from medlatent.attrivae.attention import (EVIDENCE, attention_maps, blurred, default_settings, map_cell,
@@ -153,7 +173,7 @@ def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: in
     # the brain (IXI) or the left ventricle (EMIDEC, whose images are masked to it); the phantoms' field of view
     body_all = torch.ones_like(labels) if GROUND_TRUTH[dataset]["body"] == "field of view" else (labels > 0).float()
     positive = [int(r.get("label", 0) or 0) == 1 for r in test]
-    candidates = [c for c in _candidates(model, quick) if methods is None or c.method in methods]
+    candidates = [c for c in _candidates(model, scope) if methods is None or c.method in methods]
     rows, defaults = [], {"class": None, "attributes": {}}
     for target, dim, structure_name, structure_labels in _targets(dataset, state, amap):
         structure_all = _structure(labels, structure_labels)
@@ -161,7 +181,7 @@ def score_dataset(dataset: str, run: Path, quick: bool, n_random: int, steps: in
         x, structure, body = x_all[keep], structure_all[keep], body_all[keep]
         fill = blurred(x)
         random_cache: dict[tuple[int, str], dict[str, float]] = {}
-        n_sanity = min(len(keep), 2 if quick else 4)
+        n_sanity = min(len(keep), 4 if scope == "all" else 2)
         print(f"[{dataset}] {target}: {len(keep)} test subjects, structure {structure_name} {structure_labels}",
               flush=True)
         for settings in candidates:
@@ -303,16 +323,17 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="phantoms only, fewer layers and subjects")
+    parser.add_argument("--quick", action="store_true",
+                        help="phantoms only, a few minutes: 2-minute training, 3 maps, 4 random orders")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument("--datasets", nargs="+", choices=sorted(CONFIGS), default=["phantoms", "emidec", "ixi"])
     for name in CONFIGS:
         parser.add_argument(f"--{name}-run", type=Path, help=f"a trained {name} Attri-VAE run to score instead")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_attention", help="runs are kept here")
     parser.add_argument("--budget-min", type=float, default=15.0, help="training minutes per run (default 15)")
-    parser.add_argument("--random-orders", type=int, default=10, help="random deletion orders (default 10)")
+    parser.add_argument("--random-orders", type=int, help="random deletion orders (default 10, --quick 4)")
     parser.add_argument("--steps", type=int, default=16, help="points of a deletion curve minus one (default 16)")
-    parser.add_argument("--subjects", type=int, help="test subjects scored (default 12 with --quick, else 40)")
+    parser.add_argument("--subjects", type=int, help="test subjects scored (default 40; --quick: all 14)")
     parser.add_argument("--methods", nargs="+", help="score only these methods (default all)")
     parser.add_argument("--all-candidates", action="store_true",
                         help="every usable layer and all three baselines (default: 3 layers, 2 baselines)")
@@ -329,15 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         if given is None and not CONFIGS[dataset].is_file():
             print(f"[{dataset}] skipped: {CONFIGS[dataset]} not found", flush=True)
             continue
-        run = given or _train(dataset, args.out, min(args.budget_min, 6.0) if args.quick else args.budget_min,
-                              args.quick)
-        results[dataset] = score_dataset(dataset, run, args.quick or not args.all_candidates, args.random_orders,
-                                         args.steps, args.subjects or (12 if args.quick else 40), args.methods)
+        run = given or _train(dataset, args.out, min(args.budget_min, QUICK["budget_min"]) if args.quick
+                              else args.budget_min, args.quick)
+        scope = "quick" if args.quick else "all" if args.all_candidates else "default"
+        results[dataset] = score_dataset(dataset, run, scope, args.random_orders or (QUICK["random_orders"] if
+                                         args.quick else 10), args.steps, args.subjects or (QUICK["subjects"] if
+                                         args.quick else 40), args.methods)
         print(table(dataset, results[dataset]), flush=True)
         if args.json:  # written after each step, so an interrupted run keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
-        traversal = _traversal(dataset, run, min(args.subjects or 20, 6 if args.quick else 20), args.regressor_min)
+        traversal = _traversal(dataset, run, min(args.subjects or 20, QUICK["traversal_subjects"] if args.quick
+                                                 else 20), args.regressor_min)
         results["traversal"][dataset] = traversal
         print(f"[{dataset}] traversals: " + ", ".join(f"{k}: Spearman {v['spearman']:.2f}, off-target "
                                                       f"{v['off_target']:.2f}" for k, v in traversal.items()))
