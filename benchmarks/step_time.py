@@ -9,10 +9,20 @@ a setting this machine cannot run is ``null``. ``auto`` is what ``train.precisio
 ``train.channels_last: auto`` resolve to here.
 
     python benchmarks/step_time.py [--json OUT] [--steps 5] [--warmup 2] [--models vqvae3d,attrivae,monai_vqvae]
-                                   [--clock wall|process]
+                                   [--clock wall|process] [--compile]
 
-JSON: ``{"cpu": {model, flags, ...}, "bf16_native": bool, "device": ..., "vqvae3d": {"fp32": s, "bf16": s,
-"fp32_channels_last": s, "bf16_channels_last": s, "auto": "bf16"}, "attrivae": {...}, "monai_vqvae": {...}}``.
+Each step's FLOPs are counted once per setting on the first warm-up step
+(``torch.utils.flop_counter.FlopCounterMode``: matrix multiplications and convolutions, forward
+and backward), and read against this machine's GEMM peak in the same precision, measured in the
+same run (benchmarks/hardware_peak.py): achieved GFLOP/s = FLOPs / median step seconds, and its
+fraction of that peak. ``--compile`` runs every setting through ``torch.compile`` (what
+``train.compile: true`` does) and also reports the first step's seconds (compilation included).
+
+JSON: ``{"cpu": {model, flags, ...}, "bf16_native": bool, "device": ..., "peak_gflops": {"fp32": g, "bf16": g},
+"vqvae3d": {"fp32": s, "bf16": s, "fp32_channels_last": s, "bf16_channels_last": s, "auto": "bf16",
+"gflop_per_step": g, "gflops_per_s": {setting: g}, "peak_fraction": {setting: f}, "first_step": {setting: s},
+"cpu_share": {setting: CPU seconds / (wall seconds x threads)}},
+"attrivae": {...}, "monai_vqvae": {...}}``.
 
 The VQ-VAE's own ``net.channels_last`` (default true) is set to the layout measured, so
 ``fp32`` here is the model with every tensor in the default layout.
@@ -21,7 +31,9 @@ The VQ-VAE's own ``net.channels_last`` (default true) is set to the layout measu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -31,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,12 +118,26 @@ BUILDERS: dict[str, Callable[[bool], tuple[Any, dict[str, torch.Tensor]]]] = {
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
+@dataclasses.dataclass
+class StepTime:
+    """One setting's figures: median seconds per step, FLOPs of one step (None if not counted), first step's seconds,
+    and this process's CPU seconds over its wall seconds in the timed steps (about 1.0 per thread on an idle core,
+    less where another job shared the core)."""
+
+    seconds: float
+    flops: int | None
+    first_step: float
+    cpu_share: float
+
+
 def step_seconds(model_name: str, setting: str, device: torch.device, steps: int, warmup: int,
-                 clock: str = "wall") -> float:
-    """Median seconds of one training step of ``model_name`` in ``setting`` on ``device``.
+                 clock: str = "wall", compile: bool = False) -> StepTime:
+    """Median seconds of one training step of ``model_name`` in ``setting`` on ``device``, and its FLOPs.
 
     ``clock``: ``wall`` (elapsed) or ``process`` (CPU seconds of this process, all threads: on a
-    machine shared with other jobs it counts this job's work, not its waiting).
+    machine shared with other jobs it counts this job's work, not its waiting). FLOPs are counted on
+    the first warm-up step (not with ``compile``: the counter sees a compiled graph's kernels only on
+    its first call, which is the compilation).
     """
     now = CLOCKS[clock]
     name, _, layout = setting.partition("_")
@@ -120,21 +147,30 @@ def step_seconds(model_name: str, setting: str, device: torch.device, steps: int
     model = precision_lib.prepare_model(task.model.to(device), precision).train()
     batch = precision_lib.to_layout({k: v.to(device) for k, v in batch.items()}, precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times = []
+    stepped = torch.compile(model) if compile else model
+    times, flops, first, wall, cpu = [], None, 0.0, 0.0, 0.0
     for i in range(warmup + steps):
-        started = now()
-        with precision_lib.autocast(precision):
-            loss, _ = task.training_step(model, copy.copy(batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        counter = FlopCounterMode(display=False) if i == 0 and warmup > 0 and not compile else None
+        started, wall_started, cpu_started = now(), time.perf_counter(), time.process_time()
+        with counter or contextlib.nullcontext(), precision_lib.autocast(precision):
+            loss, _ = task.training_step(stepped, copy.copy(batch))
+        with counter or contextlib.nullcontext():
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        if i == 0:
+            first = now() - started
+        if counter is not None:
+            flops = counter.get_total_flops()
         if i >= warmup:
             times.append(now() - started)
+            wall += time.perf_counter() - wall_started
+            cpu += time.process_time() - cpu_started
     if not torch.isfinite(loss):
         raise RuntimeError(f"{model_name} {setting}: non-finite loss {float(loss)}")
-    return statistics.median(times)
+    return StepTime(statistics.median(times), flops, first, cpu / wall / torch.get_num_threads())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -148,27 +184,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="wall: elapsed seconds (default); process: this process's CPU seconds over all "
                              "threads, for a machine shared with other jobs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile: true)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import os
+
+    from hardware_peak import gemm_gflops
 
     os.chdir(ROOT)  # config data paths are relative to the repository root
     device = torch.device(args.device)
     info = precision_lib.cpu_info()
     auto = precision_lib.resolve({"precision": "auto", "channels_last": "auto"}, device)
+    wanted = args.only.split(",")
+    peaks = {name: gemm_gflops(dtype, device) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+             if any(s.partition("_")[0] == name for s in wanted)}
     result: dict[str, Any] = {"cpu": info, "bf16_native": info["bf16_native"], "device": str(device),
                               "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,
-                              "clock": args.clock}
+                              "clock": args.clock, "compile": args.compile, "peak_gflops": peaks}
     print(f"{info['model']} ({', '.join(info['flags'])}; torch {info['torch_capability']}, {info['threads']} threads) "
-          f"on {device}; auto: {auto.describe()}")
-    wanted = args.only.split(",")
+          f"on {device}; auto: {auto.describe()}; GEMM 2048 peak GFLOP/s: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
     print(f"{'s/step':<14}" + "".join(f"{s:>20}" for s in SETTINGS))
     for model_name in args.models.split(","):
         row: dict[str, Any] = {s: None for s in SETTINGS}
-        for setting in SETTINGS:
-            if setting in wanted:
-                row[setting] = step_seconds(model_name, setting, device, args.steps, args.warmup, args.clock)
+        measured = {s: step_seconds(model_name, s, device, args.steps, args.warmup, args.clock, args.compile)
+                    for s in SETTINGS if s in wanted}
+        row.update({s: m.seconds for s, m in measured.items()})
         row["auto"] = auto.name + ("_channels_last" if auto.channels_last else "")
+        counted = [m.flops for m in measured.values() if m.flops]
+        # the same model and batch: one step's FLOPs do not depend on the precision or layout
+        row["gflop_per_step"] = max(counted) / 1e9 if counted else None
+        row["gflops_per_s"] = {s: row["gflop_per_step"] / m.seconds if counted else None for s, m in measured.items()}
+        row["peak_fraction"] = {s: g / peaks[s.partition("_")[0]] if g else None
+                                for s, g in row["gflops_per_s"].items()}
+        row["first_step"] = {s: m.first_step for s, m in measured.items()}
+        row["cpu_share"] = {s: m.cpu_share for s, m in measured.items()}
         result[model_name] = row
         print(f"{model_name:<14}" + "".join(f"{'-' if row[s] is None else format(row[s], '.3f'):>20}"
                                             for s in SETTINGS), flush=True)
@@ -176,6 +226,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = result[model_name]
         if row["fp32"] and row["bf16"]:
             print(f"{model_name}: bf16 / fp32 step time {row['bf16'] / row['fp32']:.2f}")
+        if row["fp32_channels_last"] and row["bf16_channels_last"]:
+            print(f"{model_name}: channels_last bf16 / fp32 step time "
+                  f"{row['bf16_channels_last'] / row['fp32_channels_last']:.2f}")
+        if row["gflop_per_step"]:
+            print(f"{model_name}: {row['gflop_per_step']:.1f} GFLOP per step; GFLOP/s (fraction of the GEMM peak "
+                  "of that precision): " + ", ".join(f"{s} {g:.1f} ({row['peak_fraction'][s]:.0%})"
+                                                     for s, g in row["gflops_per_s"].items()))
+        print(f"{model_name}: CPU seconds / (wall seconds x threads) in the timed steps (< 0.95: the core was "
+              "shared) " + ", ".join(f"{s} {c:.2f}" for s, c in row["cpu_share"].items()))
+        if args.compile:
+            print(f"{model_name}: first step (compilation included) "
+                  + ", ".join(f"{s} {t:.1f} s" for s, t in row["first_step"].items()))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return result

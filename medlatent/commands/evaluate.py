@@ -28,15 +28,15 @@ def eval_paths(run: Path, split: str) -> tuple[Path, Path]:
     return run / "eval" / f"metrics{suffix}.json", run / "eval" / f"per_subject{suffix}.csv"
 
 
-def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
-    """Evaluate the run's best checkpoint on ``split``; returns (and writes) the metrics.
+def evaluate(run: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:
+    """Evaluate the run's ``which`` checkpoint (best, or last) on ``split``; returns (and writes) the metrics.
 
     The metrics hold the family's figures plus ``split``, ``n``, ``checkpoint`` and ``epoch``.
     """
     from medlatent.transforms.pipeline import make_dataset
     from medlatent.transforms.records import load_split_records
 
-    state = load_run(run, "evaluate")
+    state = load_run(run, "evaluate", which)
     records, _ = load_split_records(state.data_cfg)
     if not records.get(split):
         raise InputError(f"{state.run}: split '{split}' is empty (sizes: "
