@@ -35,8 +35,8 @@ from medlatent.io import write_text_atomic  # noqa: E402 - after the path set-up
 PRECISIONS = ("fp32", "bf16")
 # family -> (config, default epochs, figure, target |bf16 - fp32|)
 FAMILIES: dict[str, tuple[Path, int, str, float]] = {
-    "vqvae3d": (ROOT / "configs" / "vqvae3d_ixi.yaml", 6, "ssim", 0.01),
-    "attrivae": (ROOT / "configs" / "attrivae_ixi.yaml", 8, "tied_spearman", 0.02),
+    "vqvae3d": (ROOT / "configs" / "vqvae3d_ixi.yaml", 10, "ssim", 0.01),
+    "attrivae": (ROOT / "configs" / "attrivae_ixi.yaml", 15, "tied_spearman", 0.02),
 }
 
 
@@ -98,7 +98,7 @@ def table(results: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=(*FAMILIES, "both"), default="both")
-    parser.add_argument("--epochs", type=int, help="epochs per run (default: vqvae3d 6, attrivae 8)")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: vqvae3d 10, attrivae 15)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "precision_quality",
                         help="run folders and the shared disk cache")
     parser.add_argument("--json", type=Path, help="write (merge) the figures here as JSON")

@@ -13,12 +13,14 @@ a setting this machine cannot run is ``null``. ``auto`` is what ``train.precisio
 
 Each step's FLOPs are counted once per setting on the first warm-up step
 (``torch.utils.flop_counter.FlopCounterMode``: matrix multiplications and convolutions, forward
-and backward), and read against this machine's GEMM peak in the same precision, measured in the
-same run (benchmarks/hardware_peak.py): achieved GFLOP/s = FLOPs / median step seconds, and its
-fraction of that peak. ``--compile`` runs every setting through ``torch.compile`` (what
+and backward), and read against this machine's peak in the same precision, measured in the
+same run (benchmarks/hardware_peak.py): the faster of a 2048^2 GEMM and a 3x3x3 convolution in
+channels_last_3d (on this CPU oneDNN's convolution outruns torch's GEMM by 1.3-1.5x, so the GEMM
+alone is not the limit). Achieved GFLOP/s = FLOPs / median step seconds, and its fraction of that
+peak. ``--compile`` runs every setting through ``torch.compile`` (what
 ``train.compile: true`` does) and also reports the first step's seconds (compilation included).
 
-JSON: ``{"cpu": {model, flags, ...}, "bf16_native": bool, "device": ..., "peak_gflops": {"fp32": g, "bf16": g},
+JSON: ``{"cpu": {model, flags, ...}, "bf16_native": bool, "device": ..., "peak_gflops": {"fp32": g, "bf16": g}, "gemm_gflops": {...}, "conv3d_gflops": {...},
 "vqvae3d": {"fp32": s, "bf16": s, "fp32_channels_last": s, "bf16_channels_last": s, "auto": "bf16",
 "gflop_per_step": g, "gflops_per_s": {setting: g}, "peak_fraction": {setting: f}, "first_step": {setting: s},
 "cpu_share": {setting: CPU seconds / (wall seconds x threads)}},
@@ -189,21 +191,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import os
 
-    from hardware_peak import gemm_gflops
+    from hardware_peak import conv3d_gflops, gemm_gflops
 
     os.chdir(ROOT)  # config data paths are relative to the repository root
     device = torch.device(args.device)
     info = precision_lib.cpu_info()
     auto = precision_lib.resolve({"precision": "auto", "channels_last": "auto"}, device)
     wanted = args.only.split(",")
-    peaks = {name: gemm_gflops(dtype, device) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-             if any(s.partition("_")[0] == name for s in wanted)}
+    dtypes = {name: dtype for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+              if any(s.partition("_")[0] == name for s in wanted)}
+    gemm = {name: gemm_gflops(dtype, device) for name, dtype in dtypes.items()}
+    conv = {name: conv3d_gflops(dtype, device, channels_last=True) for name, dtype in dtypes.items()}
+    peaks = {name: max(gemm[name], conv[name]) for name in dtypes}
     result: dict[str, Any] = {"cpu": info, "bf16_native": info["bf16_native"], "device": str(device),
                               "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,
-                              "clock": args.clock, "compile": args.compile, "peak_gflops": peaks}
+                              "clock": args.clock, "compile": args.compile, "peak_gflops": peaks,
+                              "gemm_gflops": gemm, "conv3d_gflops": conv}
     print(f"{info['model']} ({', '.join(info['flags'])}; torch {info['torch_capability']}, {info['threads']} threads) "
-          f"on {device}; auto: {auto.describe()}; GEMM 2048 peak GFLOP/s: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
+          f"on {device}; auto: {auto.describe()}; GFLOP/s GEMM 2048 / conv3d channels_last: "
+          + ", ".join(f"{k} {gemm[k]:.1f} / {conv[k]:.1f}" for k in dtypes))
     print(f"{'s/step':<14}" + "".join(f"{s:>20}" for s in SETTINGS))
     for model_name in args.models.split(","):
         row: dict[str, Any] = {s: None for s in SETTINGS}
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{model_name}: channels_last bf16 / fp32 step time "
                   f"{row['bf16_channels_last'] / row['fp32_channels_last']:.2f}")
         if row["gflop_per_step"]:
-            print(f"{model_name}: {row['gflop_per_step']:.1f} GFLOP per step; GFLOP/s (fraction of the GEMM peak "
+            print(f"{model_name}: {row['gflop_per_step']:.1f} GFLOP per step; GFLOP/s (fraction of the peak "
                   "of that precision): " + ", ".join(f"{s} {g:.1f} ({row['peak_fraction'][s]:.0%})"
                                                      for s, g in row["gflops_per_s"].items()))
         print(f"{model_name}: CPU seconds / (wall seconds x threads) in the timed steps (< 0.95: the core was "
