@@ -231,7 +231,8 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
         # an attribute exports two maps (both evidences): its figure is the one on its structure
         best = max(entry["maps"], key=lambda r: -np.inf if r["enrichment"] != r["enrichment"] else r["enrichment"])
         defaults["attributes"][target] = {**best, "maps": entry["maps"]}
-    return {"run": str(run), "test_subjects": len(items), "spacing_mm": list(spacing), "default": defaults,
+    shown = run.resolve().relative_to(ROOT) if run.resolve().is_relative_to(ROOT) else run.resolve()
+    return {"run": str(shown), "test_subjects": len(items), "spacing_mm": list(spacing), "default": defaults,
             "methods": rows}
 
 
