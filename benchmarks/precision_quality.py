@@ -11,6 +11,11 @@ tied-dim Spearman per regularised attribute (each attribute against its own late
 disk cache of the preprocessed volumes, so they read identical inputs.
 
     python benchmarks/precision_quality.py [--family vqvae3d|attrivae|both] [--epochs N] [--out DIR] [--json OUT]
+                                           [--seed S --precisions bf16]
+
+``--seed S`` (another ``train.seed``) with ``--precisions`` trains only those runs, stored in the JSON
+as ``{family}_seed{S}``: the seed-to-seed spread in one precision is the noise floor that the
+bf16 - fp32 difference is read against.
 
 ``--json OUT`` keeps the other family's entry if OUT already holds one, so the families can be
 run one at a time. A run folder that already has ``checkpoints/last.pt`` is evaluated, not retrained.
@@ -40,7 +45,8 @@ FAMILIES: dict[str, tuple[Path, int, str, float]] = {
 }
 
 
-def train_and_evaluate(config: Path, run: Path, precision: str, epochs: int, cache: Path) -> dict[str, Any]:
+def train_and_evaluate(config: Path, run: Path, precision: str, epochs: int, cache: Path,
+                       seed: int | None = None) -> dict[str, Any]:
     """Train ``config`` for ``epochs`` epochs in ``precision`` into ``run``; the last checkpoint's validation metrics.
 
     Adds ``epochs`` (rows of metrics.csv), ``epoch_seconds`` (median of the run's epochs, validation
@@ -52,12 +58,14 @@ def train_and_evaluate(config: Path, run: Path, precision: str, epochs: int, cac
 
     overrides = [f"train.precision={precision}", f"train.epochs={epochs}", "train.max_minutes=null",
                  "train.preview=false", "data.cache=disk", f"data.cache_dir={cache.absolute()}"]
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
     if not (run / "checkpoints" / "last.pt").is_file():
         train(load_config(config, overrides), run)
     history = pd.read_csv(run / "metrics.csv")
     metrics = evaluate(run, "val", which="last")
     seconds = history["epoch_seconds"].tolist()
-    return {**metrics, "precision": precision, "epochs": len(history), "epoch_seconds": statistics.median(seconds),
+    return {**metrics, "precision": precision, "seed": seed, "epochs": len(history), "epoch_seconds": statistics.median(seconds),
             "train_seconds": float(sum(seconds)), "run": str(run)}
 
 
@@ -76,22 +84,31 @@ def compare(family: str, epochs: int, out: Path) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> list[str]:
     """Markdown rows: one per family and precision, then the difference."""
-    lines = ["| family | precision | epochs | s / epoch | validation figure | value | bf16 - fp32 | target |",
+    lines = ["| family | precision | epochs | s / epoch | validation figure | value | difference | target |",
              "|---|---|---:|---:|---|---|---|---|"]
+
+    def row(family: str, label: str, run: dict[str, Any], figure: str, difference: str = "") -> str:
+        value = run[figure]
+        shown = f"{value:.4f}" if figure == "ssim" else ", ".join(f"{k} {v:.3f}" for k, v in value.items())
+        name = "SSIM" if figure == "ssim" else "tied-dim Spearman"
+        return f"| {family} | {label} | {run['epochs']} | {run['epoch_seconds']:.1f} | {name} | {shown} | {difference} | |"
+
     for family, entry in results.items():
         if family not in FAMILIES:
             continue
         figure = entry["figure"]
-        for p in PRECISIONS:
-            run = entry[p]
-            value = run[figure]
-            shown = (f"{value:.4f}" if figure == "ssim"
-                     else ", ".join(f"{k} {v:.3f}" for k, v in value.items()))
-            lines.append(f"| {family} | {p} | {run['epochs']} | {run['epoch_seconds']:.1f} | "
-                         f"{'SSIM' if figure == 'ssim' else 'tied-dim Spearman'} | {shown} | | |")
+        lines += [row(family, p, entry[p], figure) for p in PRECISIONS]
         diffs = ", ".join(f"{k} {v:+.4f}" for k, v in entry["diff"].items())
         lines.append(f"| {family} | bf16 - fp32 | | | | | {diffs} (max abs {entry['max_abs_diff']:.4f}) | "
                      f"<= {entry['target']:g}: {'met' if entry['ok'] else 'NOT met'} |")
+        for key, runs in results.items():  # the noise floor: another seed, same precision
+            if key.startswith(f"{family}_seed"):
+                for p, run in runs.items():
+                    if figure == "ssim":
+                        d = f"{run[figure] - entry[p][figure]:+.4f} against seed {entry[p].get('seed') or 'of the config'}"
+                    else:
+                        d = ", ".join(f"{k} {v - entry[p][figure][k]:+.3f}" for k, v in run[figure].items())
+                    lines.append(row(family, f"{p}, seed {run['seed']}", run, figure, d))
     return lines
 
 
@@ -102,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "precision_quality",
                         help="run folders and the shared disk cache")
     parser.add_argument("--json", type=Path, help="write (merge) the figures here as JSON")
+    parser.add_argument("--seed", type=int, help="another train.seed: train only --precisions, for the noise floor")
+    parser.add_argument("--precisions", default="bf16", help="with --seed: comma-separated subset of fp32,bf16")
     args = parser.parse_args(argv)
     import os
 
@@ -113,7 +132,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     results["cpu"] = info
     for family in FAMILIES if args.family == "both" else (args.family,):
-        results[family] = compare(family, args.epochs or FAMILIES[family][1], args.out)
+        epochs = args.epochs or FAMILIES[family][1]
+        if args.seed is not None:
+            config = FAMILIES[family][0]
+            results[f"{family}_seed{args.seed}"] = {
+                p: train_and_evaluate(config, args.out / f"{family}_{p}_seed{args.seed}", p, epochs,
+                                      args.out / f"cache_{family}", args.seed)
+                for p in args.precisions.split(",")}
+        else:
+            results[family] = compare(family, epochs, args.out)
         if args.json:  # after each family: a later failure keeps what was measured
             write_text_atomic(args.json, json.dumps(results, indent=2, default=str) + "\n")
     print("\n".join(table(results)))

@@ -17,13 +17,16 @@ and backward), and read against this machine's peak in the same precision, measu
 same run (benchmarks/hardware_peak.py): the faster of a 2048^2 GEMM and a 3x3x3 convolution in
 channels_last_3d (on this CPU oneDNN's convolution outruns torch's GEMM by 1.3-1.5x, so the GEMM
 alone is not the limit). Achieved GFLOP/s = FLOPs / median step seconds, and its fraction of that
-peak. ``--compile`` runs every setting through ``torch.compile`` (what
-``train.compile: true`` does) and also reports the first step's seconds (compilation included).
+peak. ``--compile`` also runs every chosen setting through ``torch.compile`` (what
+``train.compile: true`` does), in the same run, as ``<setting>_compiled``, and reports each
+setting's first step (compilation included) and the compiled step's largest deviation of the loss
+from the uncompiled one over the steps (same seed, same batch).
 
 JSON: ``{"cpu": {model, flags, ...}, "bf16_native": bool, "device": ..., "peak_gflops": {"fp32": g, "bf16": g}, "gemm_gflops": {...}, "conv3d_gflops": {...},
 "vqvae3d": {"fp32": s, "bf16": s, "fp32_channels_last": s, "bf16_channels_last": s, "auto": "bf16",
 "gflop_per_step": g, "gflops_per_s": {setting: g}, "peak_fraction": {setting: f}, "first_step": {setting: s},
-"cpu_share": {setting: CPU seconds / (wall seconds x threads)}},
+"cpu_share": {setting: CPU seconds / (wall seconds x threads)}, with --compile "<setting>_compiled": s and
+"compiled_loss_deviation": {setting: relative}},
 "attrivae": {...}, "monai_vqvae": {...}}``.
 
 The VQ-VAE's own ``net.channels_last`` (default true) is set to the layout measured, so
@@ -130,6 +133,7 @@ class StepTime:
     flops: int | None
     first_step: float
     cpu_share: float
+    losses: list[float]
 
 
 def step_seconds(model_name: str, setting: str, device: torch.device, steps: int, warmup: int,
@@ -150,7 +154,7 @@ def step_seconds(model_name: str, setting: str, device: torch.device, steps: int
     batch = precision_lib.to_layout({k: v.to(device) for k, v in batch.items()}, precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     stepped = torch.compile(model) if compile else model
-    times, flops, first, wall, cpu = [], None, 0.0, 0.0, 0.0
+    times, flops, first, wall, cpu, losses = [], None, 0.0, 0.0, 0.0, []
     for i in range(warmup + steps):
         counter = FlopCounterMode(display=False) if i == 0 and warmup > 0 and not compile else None
         started, wall_started, cpu_started = now(), time.perf_counter(), time.process_time()
@@ -164,6 +168,7 @@ def step_seconds(model_name: str, setting: str, device: torch.device, steps: int
             torch.cuda.synchronize(device)
         if i == 0:
             first = now() - started
+        losses.append(float(loss.detach()))
         if counter is not None:
             flops = counter.get_total_flops()
         if i >= warmup:
@@ -172,7 +177,7 @@ def step_seconds(model_name: str, setting: str, device: torch.device, steps: int
             cpu += time.process_time() - cpu_started
     if not torch.isfinite(loss):
         raise RuntimeError(f"{model_name} {setting}: non-finite loss {float(loss)}")
-    return StepTime(statistics.median(times), flops, first, cpu / wall / torch.get_num_threads())
+    return StepTime(statistics.median(times), flops, first, cpu / wall / torch.get_num_threads(), losses)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -210,11 +215,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{info['model']} ({', '.join(info['flags'])}; torch {info['torch_capability']}, {info['threads']} threads) "
           f"on {device}; auto: {auto.describe()}; GFLOP/s GEMM 2048 / conv3d channels_last: "
           + ", ".join(f"{k} {gemm[k]:.1f} / {conv[k]:.1f}" for k in dtypes))
-    print(f"{'s/step':<14}" + "".join(f"{s:>20}" for s in SETTINGS))
+    columns = [*SETTINGS, *(f"{s}_compiled" for s in SETTINGS if args.compile)]
+    print(f"{'s/step':<14}" + "".join(f"{s:>20}" for s in columns))
     for model_name in args.models.split(","):
-        row: dict[str, Any] = {s: None for s in SETTINGS}
-        measured = {s: step_seconds(model_name, s, device, args.steps, args.warmup, args.clock, args.compile)
-                    for s in SETTINGS if s in wanted}
+        row: dict[str, Any] = {s: None for s in columns}
+        measured = {s: step_seconds(model_name, s.removesuffix("_compiled"), device, args.steps, args.warmup,
+                                    args.clock, s.endswith("_compiled"))
+                    for s in columns if s.removesuffix("_compiled") in wanted}
         row.update({s: m.seconds for s, m in measured.items()})
         row["auto"] = auto.name + ("_channels_last" if auto.channels_last else "")
         counted = [m.flops for m in measured.values() if m.flops]
@@ -227,7 +234,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["cpu_share"] = {s: m.cpu_share for s, m in measured.items()}
         result[model_name] = row
         print(f"{model_name:<14}" + "".join(f"{'-' if row[s] is None else format(row[s], '.3f'):>20}"
-                                            for s in SETTINGS), flush=True)
+                                            for s in columns), flush=True)
+        if args.compile:
+            row["compiled_loss_deviation"] = {
+                s: max(abs(a - b) / abs(b) for a, b in zip(measured[f"{s}_compiled"].losses, measured[s].losses))
+                for s in SETTINGS if s in measured}
     for model_name in args.models.split(","):
         row = result[model_name]
         if row["fp32"] and row["bf16"]:
@@ -244,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.compile:
             print(f"{model_name}: first step (compilation included) "
                   + ", ".join(f"{s} {t:.1f} s" for s, t in row["first_step"].items()))
+            print(f"{model_name}: compiled step's loss, largest relative deviation from uncompiled "
+                  + ", ".join(f"{s} {d:.1e}" for s, d in row["compiled_loss_deviation"].items()))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return result
