@@ -12,7 +12,6 @@ from typing import Any
 
 import pandas as pd
 
-from medlatent import precision as precision_lib
 from medlatent.commands.runs import load_run
 from medlatent.engine import make_loader, run_evaluation
 from medlatent.errors import InputError
@@ -44,8 +43,7 @@ def evaluate(run: str | Path, split: str = "test", which: str = "best") -> dict[
     task = state.family.evaluation_task(state.run, state.cfg, state.model, records[split])
     dataset = make_dataset(records[split], state.data_cfg, train=False, cache_dir=cache_dir_for(state.cfg, state.run))
     loader = make_loader(dataset, int(state.cfg["train"]["batch_size"]), int(state.cfg["train"]["num_workers"]))
-    means, rows = run_evaluation(task, state.model, loader, state.device, precision_lib.for_commands(state.precision),
-                                 progress=f"evaluate {split}")
+    means, rows = run_evaluation(task, state.model, loader, state.device, state.precision, progress=f"evaluate {split}")
     metrics = {"split": split, "n": len(rows), "checkpoint": state.checkpoint, "epoch": state.epoch,
                **state.family.summarize(task, means, rows)}
     metrics_path, rows_path = eval_paths(state.run, split)

@@ -58,8 +58,8 @@ class LoadedRun:
     model: nn.Module
     checkpoint: str
     epoch: int
-    #: the run's ``train.precision``/``channels_last`` resolved on this machine's device (commands run in
-    #: ``precision.for_commands`` of it)
+    #: what every command's pass through the model runs in: ``precision.for_commands`` of the run's
+    #: ``train.precision``/``channels_last`` resolved on this machine's device
     precision: Precision
 
     @property
@@ -71,11 +71,11 @@ class LoadedRun:
         return self.cfg["data"]
 
     def inference(self, grad: bool = False) -> contextlib.AbstractContextManager:
-        """Every command's pass through the model (``precision.for_commands``), inference mode unless ``grad``.
+        """Every command's pass through the model (in ``self.precision``), inference mode unless ``grad``.
 
         Outputs may come in bf16/fp16 on CUDA: cast what is kept or written with ``.float()``.
         """
-        return precision_lib.inference(precision_lib.for_commands(self.precision), grad=grad)
+        return precision_lib.inference(self.precision, grad=grad)
 
     @functools.cached_property
     def fingerprint(self) -> dict[str, Any] | None:
@@ -109,4 +109,5 @@ def load_run(run: str | Path, command: str, which: str = "best") -> LoadedRun:
     model.to(device).eval()
     precision = precision_lib.resolve(cfg["train"], device)
     precision_lib.prepare_model(model, precision)
-    return LoadedRun(run, cfg, family, model, path.stem, int(state.get("epoch", 0)), precision)
+    return LoadedRun(run, cfg, family, model, path.stem, int(state.get("epoch", 0)),
+                     precision_lib.for_commands(precision))
