@@ -24,7 +24,7 @@ IoU of the map thresholded at half its peak, deletion and insertion AUC against 
 Usage (repo root):
     python benchmarks/attention_faithfulness.py [--quick] [--json OUT] [--datasets phantoms emidec ixi]
         [--phantoms-run RUN] [--emidec-run RUN] [--ixi-run RUN] [--budget-min 15] [--regressor-min 4]
-        [--threads 1]
+        [--threads 1] [--methods M ...] [--layers L ...] [--patch-mm MM ...] [--targets T ...] [--no-traversal]
 ``--quick``: phantoms only, a few minutes (``QUICK``: 2-minute training, HiResCAM at two layers and
 Grad-CAM, 4 random orders, 4 traversed subjects).
 """
@@ -57,18 +57,25 @@ GROUND_TRUTH: dict[str, dict[str, Any]] = {
 }
 
 
-def _candidates(model: Any, scope: str) -> list[Any]:
-    """The (method, layer, baseline) settings compared: layer methods at each usable layer, input methods.
+def _candidates(model: Any, scope: str, layers: list[str] | None = None,
+                patch_mm: tuple[float, ...] = (16.0,)) -> list[Any]:
+    """The (method, layer, baseline, patch) settings compared: layer methods at each usable layer, input methods.
 
     ``scope``: ``all`` (every usable layer, three baselines), ``default`` (first, middle and default
     layer; blurred and zero baselines) or ``quick`` (HiResCAM at the default and middle layer,
     Grad-CAM at the default layer: the defaults and the cheap comparisons that chose them; the
-    input methods, 20-40x slower per map, are left to the full run).
+    input methods, 20-40x slower per map, are left to the full run). ``layers``: the layer methods
+    at exactly these encoder layers instead (any layer, also one coarser than ``MIN_VOXELS``);
+    ``patch_mm``: the occlusion cube edges compared (mm).
     """
-    from medlatent.attrivae.attention import MIN_VOXELS, MapSettings, default_layer
+    from medlatent.attrivae.attention import MIN_VOXELS, MapSettings, default_layer, resolve_layer
 
     shapes = model.layer_shapes()
-    layers = [n for n, s in shapes.items() if min(s) >= MIN_VOXELS and n != "encoder.residual"]
+    if layers is not None:
+        layers = [resolve_layer(model, name)[0] for name in layers]  # InputError naming the choices
+        scope = "all" if scope == "all" else "given"
+    else:
+        layers = [n for n, s in shapes.items() if min(s) >= MIN_VOXELS and n != "encoder.residual"]
     if scope == "quick":
         default, middle = default_layer(model), layers[len(layers) // 2]
         return [*(MapSettings(method="hirescam", layer=layer) for layer in dict.fromkeys((default, middle))),
@@ -76,9 +83,9 @@ def _candidates(model: Any, scope: str) -> list[Any]:
     if scope == "default":
         layers = sorted({layers[0], layers[len(layers) // 2], default_layer(model)}, key=layers.index)
     out = [MapSettings(method=m, layer=layer) for m in ("hirescam", "gradcam", "guided_gradcam") for layer in layers]
-    baselines = ("blurred", "zeros") if scope == "default" else ("blurred", "zeros", "masked")
+    baselines = ("blurred", "zeros", "masked") if scope == "all" else ("blurred", "zeros")
     out += [MapSettings(method="integrated_gradients", baseline=b) for b in baselines]
-    out.append(MapSettings(method="occlusion"))
+    out += [MapSettings(method="occlusion", patch_mm=float(mm)) for mm in patch_mm]
     return out
 
 
@@ -152,8 +159,13 @@ def _summary(per_subject: dict[str, list[float]], sanity: dict[str, Any] | None,
 
 
 def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int, subjects: int,
-                  methods: list[str] | None = None) -> dict[str, Any]:
-    """The full method x layer x evidence table and the defaults' figures for one trained run."""
+                  methods: list[str] | None = None, layers: list[str] | None = None,
+                  patch_mm: tuple[float, ...] = (16.0,), targets: list[str] | None = None) -> dict[str, Any]:
+    """The full method x layer x evidence table and the defaults' figures for one trained run.
+
+    ``methods``, ``layers``, ``patch_mm``: the candidates (``_candidates``); ``targets``: score only the
+    targets whose name contains one of these (``class`` for the class map; default all).
+    """
     from medlatent.attrivae.attention import (EVIDENCE, attention_maps, blurred, default_settings, map_cell,
                                               resolve_layer, target_score)
     from medlatent.attrivae.attributes import AttributeMap
@@ -173,9 +185,11 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
     # the brain (IXI) or the left ventricle (EMIDEC, whose images are masked to it); the phantoms' field of view
     body_all = torch.ones_like(labels) if GROUND_TRUTH[dataset]["body"] == "field of view" else (labels > 0).float()
     positive = [int(r.get("label", 0) or 0) == 1 for r in test]
-    candidates = [c for c in _candidates(model, scope) if methods is None or c.method in methods]
+    candidates = [c for c in _candidates(model, scope, layers, patch_mm) if methods is None or c.method in methods]
     rows, defaults = [], {"class": None, "attributes": {}}
     for target, dim, structure_name, structure_labels in _targets(dataset, state, amap):
+        if targets is not None and not any(key.lower() in target.lower() for key in targets):
+            continue
         structure_all = _structure(labels, structure_labels)
         keep = [i for i in range(len(items)) if structure_all[i].sum() > 0 and (dim is not None or positive[i])]
         x, structure, body = x_all[keep], structure_all[keep], body_all[keep]
@@ -214,15 +228,19 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
                         per[key].append(result[key])
                 row = {"target": target, "method": settings.method, "layer": layer, "evidence": evidence,
                        "baseline": settings.baseline if not settings.uses_layer else None,
+                       "patch_mm": settings.patch_mm if settings.method == "occlusion" else None,
                        **_summary(per, sanity[evidence], (seconds / passes, peak), structure_name)}
                 rows.append(row)
-            print(f"  {settings.method:21s} {layer:17s} {time.perf_counter() - started:6.1f} s "
+            what = f"{settings.patch_mm:g} mm" if settings.method == "occlusion" else layer
+            print(f"  {settings.method:21s} {what:17s} {time.perf_counter() - started:6.1f} s "
                   f"(enrichment +/-/abs: {', '.join(_fmt(r['enrichment']) for r in rows[-3:])})", flush=True)
         for kind_settings in default_settings("class" if dim is None else "attribute"):
             layer = resolve_layer(model, kind_settings.layer)[0] if kind_settings.uses_layer else "input"
-            match = next(r for r in rows if r["target"] == target and r["method"] == kind_settings.method
+            match = next((r for r in rows if r["target"] == target and r["method"] == kind_settings.method
                          and r["layer"] == layer and r["evidence"] == kind_settings.evidence
-                         and r["baseline"] in (None, kind_settings.baseline))
+                         and r["baseline"] in (None, kind_settings.baseline)), None)
+            if match is None:  # the default was not among the candidates scored (--methods, --layers)
+                continue
             if dim is None:
                 defaults["class"] = match
             else:
@@ -257,7 +275,8 @@ def table(dataset: str, result: dict[str, Any]) -> str:
                   "| insertion AUC vs random (p) | sanity (rho trained / random) | s per map | MiB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            method = r["method"] + (f" ({r['baseline']})" if r["baseline"] else "")
+            detail = ", ".join(filter(None, (r["baseline"], f"{r['patch_mm']:g} mm" if r.get("patch_mm") else None)))
+            method = r["method"] + (f" ({detail})" if detail else "")
             lines.append(
                 f"| {method} | {r['layer']} | {r['evidence']} | {_fmt(r['enrichment'])} ({_fmt(r['enrichment_ci'][0])}-"
                 f"{_fmt(r['enrichment_ci'][1])}) | {_fmt(r['pointing'])} | {_fmt(r['iou'])} | "
@@ -336,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="points of a deletion curve minus one (default 16)")
     parser.add_argument("--subjects", type=int, help="test subjects scored (default 40; --quick: all 14)")
     parser.add_argument("--methods", nargs="+", help="score only these methods (default all)")
+    parser.add_argument("--layers", nargs="+",
+                        help="layer methods at exactly these encoder layers (default: see --all-candidates)")
+    parser.add_argument("--patch-mm", nargs="+", type=float, default=[16.0],
+                        help="occlusion cube edges in mm to compare (default 16)")
+    parser.add_argument("--targets", nargs="+",
+                        help="score only targets whose name contains one of these ('class': the class map)")
+    parser.add_argument("--no-traversal", action="store_true", help="skip the traversal measurement")
     parser.add_argument("--all-candidates", action="store_true",
                         help="every usable layer and all three baselines (default: 3 layers, 2 baselines)")
     parser.add_argument("--regressor-min", type=float, default=4.0,
@@ -356,11 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         scope = "quick" if args.quick else "all" if args.all_candidates else "default"
         results[dataset] = score_dataset(dataset, run, scope, args.random_orders or (QUICK["random_orders"] if
                                          args.quick else 10), args.steps, args.subjects or (QUICK["subjects"] if
-                                         args.quick else 40), args.methods)
+                                         args.quick else 40), args.methods, args.layers, tuple(args.patch_mm),
+                                         args.targets)
         print(table(dataset, results[dataset]), flush=True)
         if args.json:  # written after each step, so an interrupted run keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
+        if args.no_traversal:
+            continue
         traversal = _traversal(dataset, run, min(args.subjects or 20, QUICK["traversal_subjects"] if args.quick
                                                  else 20), args.regressor_min)
         results["traversal"][dataset] = traversal
