@@ -4,7 +4,7 @@ and check with an independent measurement that the decoded steps change the attr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from medlatent.attrivae.attributes import AttributeMap
 from medlatent.attrivae.model import AttriVAE
 
 __all__ = ["traverse_latents", "interpolate_latents", "decode_latents", "fit_calibration", "step_labels",
-           "measure_traversal", "phantom_measure", "Measure"]
+           "measure_traversal", "measure_reconstructions", "phantom_measure", "Measure"]
 
 #: decoded steps ``[S, 1, D, H, W]`` -> attribute name -> the value measured on each step ``[S]``
 Measure = Callable[[torch.Tensor], Mapping[str, np.ndarray]]
@@ -102,6 +102,31 @@ def _change(values: np.ndarray, z: np.ndarray) -> float:
     return float(abs(slope) * np.ptp(z))
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _nanmax(values: Iterable[float]) -> float:
+    """Largest finite value; NaN when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else math.nan
+
+
+@torch.no_grad()
+def measure_reconstructions(model: AttriVAE, x: torch.Tensor, measure: Measure) -> dict[str, np.ndarray]:
+    """``measure`` read off the model's reconstructions ``decode(mu)`` of ``x [N, 1, D, H, W]``: ``{name: [N]}``.
+
+    Compared with the ground truth of ``x``, it says whether the measurement can read decoded
+    volumes at all before a traversal is judged by it: a decoder that blurs away the contrast the
+    measurement relies on fails here, on volumes whose attribute values are known.
+    """
+    device = next(model.parameters()).device
+    mu = torch.cat([model.eval().encode(chunk.to(device))[0].cpu() for chunk in x.split(4)])
+    return {k: np.asarray(v, dtype=np.float64) for k, v in measure(decode_latents(model, mu)).items()}
+
+
 def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, measure: Measure,
                       population_sd: Mapping[str, float], steps: int = 9,
                       value_range: tuple[float, float] = (-3.0, 3.0),
@@ -121,7 +146,12 @@ def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, meas
     - ``off_target``: the largest, over the other measured attributes ``j``, of
       ``(change_j / sd_j) / (change_k / sd_k)``, changes being the least-squares slope over the
       steps times the latent span and ``sd`` the population SDs (target <= 0.3);
-      ``off_target_by`` holds it per ``j``.
+      ``off_target_by`` holds it per ``j``. The ratio is undefined for a subject whose measured
+      ``k`` does not change at all; such subjects are left out of it, and it is NaN when that is
+      every subject (a ratio over zero is no figure, not a huge one).
+    - ``change_sd``: each measured attribute's change across the traversal in population SDs
+      (mean over subjects), the manipulated one's included: the ratio's numerator and
+      denominator, so that a large ``off_target`` can be told from a ``k`` that barely moves.
 
     Args:
         model: a trained Attri-VAE.
@@ -133,12 +163,13 @@ def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, meas
         attributes: which regularised attributes to traverse (default all that ``measure`` reads).
 
     Returns:
-        ``{attribute: {"spearman", "off_target", "off_target_by": {other: value}, "subjects": N}}``.
+        ``{attribute: {"spearman", "off_target", "off_target_by": {other: value}, "change_sd": {name: value},
+        "subjects": N}}``.
     """
     z_values = torch.linspace(float(value_range[0]), float(value_range[1]), int(steps))
     z_np = z_values.numpy().astype(np.float64)
     chosen = list(attributes) if attributes is not None else list(amap.regularized)
-    per: dict[str, dict[str, list]] = {name: {"spearman": [], "off": []} for name in chosen}
+    per: dict[str, dict[str, list]] = {name: {"spearman": [], "off": [], "change": []} for name in chosen}
     for index in range(len(x)):
         with torch.no_grad():
             mu = model.eval().encode(x[index:index + 1].to(next(model.parameters()).device))[0][0].cpu()
@@ -150,15 +181,17 @@ def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, meas
             own = measured[name]
             rho = spearmanr(z_np, own)[0] if np.ptp(own) > 0 else 0.0
             per[name]["spearman"].append(float(np.nan_to_num(rho)))
-            scale = _change(own, z_np) / max(float(population_sd[name]), 1e-12)
-            per[name]["off"].append({other: (_change(values, z_np) / max(float(population_sd[other]), 1e-12))
-                                     / max(scale, 1e-12)
-                                     for other, values in measured.items() if other != name})
+            change = {k: _change(v, z_np) / max(float(population_sd[k]), 1e-12) for k, v in measured.items()}
+            per[name]["change"].append(change)
+            per[name]["off"].append({other: value / change[name] if change[name] > 0 else math.nan
+                                     for other, value in change.items() if other != name})
     out: dict[str, dict[str, object]] = {}
     for name, figures in per.items():
         others = sorted({k for row in figures["off"] for k in row})
-        by = {other: float(np.mean([row[other] for row in figures["off"]])) for other in others}
+        by = {other: _nanmean([row[other] for row in figures["off"]]) for other in others}
         out[name] = {"spearman": float(np.mean(figures["spearman"])) if figures["spearman"] else math.nan,
-                     "off_target": max(by.values()) if by else 0.0, "off_target_by": by,
+                     "off_target": _nanmax(by.values()) if by else 0.0, "off_target_by": by,
+                     "change_sd": {k: float(np.mean([row[k] for row in figures["change"]]))
+                                   for k in figures["change"][0]} if figures["change"] else {},
                      "subjects": len(figures["spearman"])}
     return out

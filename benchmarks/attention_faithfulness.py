@@ -312,7 +312,7 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float) -> 
     from medlatent.attrivae.attribute_regressor import train_attribute_regressor
     from medlatent.attrivae.attributes import AttributeMap
     from medlatent.attrivae.task import plain
-    from medlatent.attrivae.traversal import measure_traversal, phantom_measure
+    from medlatent.attrivae.traversal import measure_reconstructions, measure_traversal, phantom_measure
     from medlatent.commands.attention import item_spacing
     from medlatent.commands.runs import load_run
 
@@ -324,7 +324,20 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float) -> 
     sd = {name: float(np.std([float(r["attrs"][columns.index(name)]) for r in records["train"]]))
           for name in amap.regularized}
     if dataset == "phantoms":
-        measure, judge = phantom_measure(item_spacing(items[0])), {"kind": "thresholds (measure_phantom)"}
+        # can the thresholds read this model's decoded volumes? Spearman with the ground truth on the test
+        # scans themselves and on their reconstructions decode(mu): a decoder that loses the wall / blood
+        # pool contrast fails the second, and then no traversal it decodes can be measured
+        measure = phantom_measure(item_spacing(items[0]))
+        _, every, scans = _test_scans(state, len(records["test"]))  # all test scans: thresholds are cheap
+        x_every = torch.stack([plain(i["image"]).float() for i in scans])
+        truth = {name: [float(r["attrs"][columns.index(name)]) for r in every] for name in amap.regularized}
+        judge = {"kind": "thresholds (measure_phantom)", "subjects": len(every)}
+        for key, read in (("test_spearman", measure(x_every)),
+                          ("recon_spearman", measure_reconstructions(state.model, x_every, measure))):
+            judge[key] = {name: float(np.nan_to_num(spearmanr(truth[name], read[name])[0])) for name in truth}
+        print(f"[{dataset}] thresholds vs ground truth, Spearman on test scans / their reconstructions: "
+              + ", ".join(f"{n} {judge['test_spearman'][n]:.2f} / {judge['recon_spearman'][n]:.2f}" for n in truth),
+              flush=True)
     else:  # the regressor's own copy of the data: never the run's (possibly shared) disk cache
         started = time.perf_counter()
         regressor, judge = train_attribute_regressor(records, {**state.cfg["data"], "cache": "memory"}, columns,
@@ -394,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  else 20), args.regressor_min)
         results["traversal"][dataset] = traversal
         print(f"[{dataset}] traversals: " + ", ".join(f"{k}: Spearman {v['spearman']:.2f}, off-target "
-                                                      f"{v['off_target']:.2f}" for k, v in traversal.items()))
+                                                      f"{v['off_target']:.2f} (own change "
+                                                      f"{v['change_sd'].get(k, math.nan):.2f} SD)"
+                                                      for k, v in traversal.items()))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -37,10 +37,10 @@ def test_step_labels_never_leave_the_training_range():
 class _Shells(torch.nn.Module):
     """A stand-in decoder with a known answer: dim 0 sets the cavity radius, dim 1 nothing (or the wall)."""
 
-    def __init__(self, leak: float = 0.0) -> None:
+    def __init__(self, leak: float = 0.0, wall: float = 0.5, contrast: bool = True) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.leak = leak
+        self.leak, self.wall, self.contrast = leak, wall, contrast
 
     def encode(self, x):
         return torch.zeros(len(x), 4), torch.zeros(len(x), 4)
@@ -51,10 +51,11 @@ class _Shells(torch.nn.Module):
         out = []
         for row in z:
             cavity = 6.0 + row[0]
-            thickness = 2.5 + self.leak * row[0] + 0.5 * row[1]
+            thickness = 2.5 + self.leak * row[0] + self.wall * row[1]
             image = torch.full((32, 32, 32), 0.05)
             image[radius < cavity + thickness] = 0.5
-            image[radius < cavity] = 1.0
+            if self.contrast:  # without it the organ is one grey silhouette, as a collapsed decoder draws it
+                image[radius < cavity] = 1.0
             out.append(image[None])
         return torch.stack(out)
 
@@ -79,3 +80,30 @@ def test_measured_traversal_finds_the_attribute_and_its_leak(leak):
         assert cavity["off_target"] < 0.1
     # moving dim 1 moves the wall only
     assert result["wall_thickness_mm"]["spearman"] > 0.9
+
+
+def test_an_attribute_that_does_not_move_has_no_off_target_ratio():
+    # dim 1 decodes to the same volume at every step: its ratio would divide by zero, so it is NaN, not 1e12
+    sd = {"cavity_volume_mm3": 2000.0, "wall_thickness_mm": 1.0}
+    result = measure_traversal(_Shells(wall=0.0), torch.zeros(2, 1, 32, 32, 32), _amap(), phantom_measure((2.0,) * 3),
+                               sd, steps=5, value_range=(-2.0, 2.0))
+    wall = result["wall_thickness_mm"]
+    assert wall["spearman"] == 0.0 and wall["change_sd"]["wall_thickness_mm"] == 0.0
+    assert np.isnan(wall["off_target"]) and np.isnan(wall["off_target_by"]["cavity_volume_mm3"])
+    # the cavity's own change is reported with its ratio: 2 voxels of radius either way, thousands of mm^3
+    cavity = result["cavity_volume_mm3"]
+    assert cavity["change_sd"]["cavity_volume_mm3"] > 1.0 and cavity["off_target"] < 0.1
+
+
+def test_reconstructions_are_measurable_only_with_the_contrast_the_measure_reads():
+    from medlatent.attrivae.traversal import measure_reconstructions
+
+    x = torch.zeros(3, 1, 32, 32, 32)
+    drawn = measure_reconstructions(_Shells(), x, phantom_measure((2.0,) * 3))
+    assert drawn["wall_thickness_mm"].shape == (3,)
+    # a 2.5-voxel shell of 2 mm voxels around a 6-voxel sphere
+    assert np.allclose(drawn["wall_thickness_mm"], 5.0, atol=1.0)
+    assert np.allclose(drawn["cavity_volume_mm3"], 4 / 3 * np.pi * 6.0**3 * 8.0, rtol=0.1)
+    # one grey silhouette: the wall cannot be read (the cavity is taken for the whole organ, or is empty)
+    flat = measure_reconstructions(_Shells(contrast=False), x, phantom_measure((2.0,) * 3))
+    assert np.abs(flat["wall_thickness_mm"] - 5.0).min() > 2.0
