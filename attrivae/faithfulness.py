@@ -79,10 +79,12 @@ def pointing_game(maps: torch.Tensor | np.ndarray, structure: torch.Tensor | np.
     m = _flat(maps)
     shape = np.asarray(structure.shape if not isinstance(structure, torch.Tensor) else tuple(structure.shape))[-3:]
     s = _flat(structure).reshape(len(m), *shape) > 0
-    footprint = np.ones([2 * int(c) + 1 for c in cell], dtype=bool)
+    # a box of ones: the dilation is a maximum filter, separable per axis (binary_dilation with a
+    # 33^3 structure, one cell of a 3x4x3 layer on a 48x64x48 input, took minutes per map)
+    box = [2 * int(c) + 1 for c in cell]
     hits = []
     for map_row, mask in zip(m, s):
-        grown = ndimage.binary_dilation(mask, structure=footprint) if mask.any() else mask
+        grown = ndimage.maximum_filter(mask, size=box, mode="constant", cval=False) if mask.any() else mask
         hits.append(bool(grown.reshape(-1)[int(np.argmax(map_row))]))
     return np.asarray(hits)
 
