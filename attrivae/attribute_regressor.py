@@ -6,13 +6,18 @@ them (same grid, same [0, 1] intensities), to predict the attributes; it then re
 each decoded step (``traversal.measure_traversal``). It shares nothing with the Attri-VAE but
 the data, so it cannot agree with the VAE's latent by construction. Training is small and
 time-budgeted; its validation Spearman per attribute says how far its readings can be trusted.
+
+Decoded volumes are smoother than scans, so a judge trained on scans reads them out of its
+training distribution. ``view`` trains (and validates) it on what it will read instead, e.g. the
+Attri-VAE's own reconstructions of the training scans; its Spearman on reconstructed test scans
+then says how far it can be trusted on decoded steps.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,16 +62,24 @@ class AttributeRegressor(nn.Module):
         return {name: values[:, i].numpy().astype(np.float64) for i, name in enumerate(self.names)}
 
 
-def _batches(dataset: Any, columns: Sequence[int], batch_size: int, shuffle: bool, seed: int):
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _batches(dataset: Any, columns: Sequence[int], batch_size: int, shuffle: bool, seed: int, view: View | None = None):
     generator = torch.Generator().manual_seed(seed)
     for batch in make_loader(dataset, batch_size, 0, shuffle=shuffle, generator=generator):
-        yield batch["image"].as_tensor().float(), batch["attrs"].float()[:, list(columns)]
+        image = batch["image"].as_tensor().float()
+        if view is not None:
+            with torch.no_grad():
+                image = view(image).float()
+        yield image, batch["attrs"].float()[:, list(columns)]
 
 
 def train_attribute_regressor(records: Mapping[str, Sequence[Mapping[str, Any]]], data_cfg: Mapping[str, Any],
                               all_names: Sequence[str], names: Sequence[str], minutes: float = 3.0,
                               max_epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
-                              device: torch.device | str | None = None) -> tuple[AttributeRegressor, dict[str, Any]]:
+                              device: torch.device | str | None = None,
+                              view: View | None = None) -> tuple[AttributeRegressor, dict[str, Any]]:
     """Fit an :class:`AttributeRegressor` on ``records["train"]`` within ``minutes`` of wall time.
 
     Args:
@@ -78,6 +91,8 @@ def train_attribute_regressor(records: Mapping[str, Sequence[Mapping[str, Any]]]
         names: the attributes to predict (e.g. the run's regularised ones).
         minutes: wall-time budget; training stops after the epoch that passes it (at least one epoch).
         max_epochs, batch_size, lr, seed: the optimisation (Adam, MSE on [0, 1]-scaled targets).
+        view: ``[B, 1, D, H, W] -> [B, 1, D, H, W]`` applied to every training and validation batch
+            (on CPU, without gradients), e.g. an Attri-VAE's reconstruction; ``None``: the scans.
 
     Returns:
         ``(regressor in eval mode, {"epochs", "seconds", "train_loss", "val_spearman": {name: rho}})``.
@@ -96,7 +111,7 @@ def train_attribute_regressor(records: Mapping[str, Sequence[Mapping[str, Any]]]
     while epoch < max_epochs and (epoch == 0 or time.perf_counter() - started < 60.0 * minutes):
         model.train()
         losses = []
-        for image, target in _batches(train_set, columns, batch_size, True, seed + epoch):
+        for image, target in _batches(train_set, columns, batch_size, True, seed + epoch, view):
             scaled = (target.to(device) - model.minimum) / model.span
             loss = nn.functional.mse_loss(model(image.to(device)), scaled)
             optimizer.zero_grad()
@@ -112,7 +127,7 @@ def train_attribute_regressor(records: Mapping[str, Sequence[Mapping[str, Any]]]
     if len(val_records) > 2:
         predicted, truth = [], []
         for image, target in _batches(make_dataset(val_records, data_cfg, train=False), columns, batch_size, False,
-                                      seed):
+                                      seed, view):
             read = model.predict(image)  # one forward pass for every attribute
             predicted.append(np.stack([read[n] for n in names], 1))
             truth.append(target.numpy())

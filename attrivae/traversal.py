@@ -115,6 +115,14 @@ def _nanmax(values: Iterable[float]) -> float:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def reconstruct(model: AttriVAE, x: torch.Tensor) -> torch.Tensor:
+    """The model's reconstructions ``decode(mu)`` of ``x [N, 1, D, H, W]``: ``-> [N, 1, D, H, W]`` on the CPU."""
+    device = next(model.parameters()).device
+    mu = torch.cat([model.eval().encode(chunk.to(device))[0].cpu() for chunk in x.split(4)])
+    return decode_latents(model, mu)
+
+
 def measure_reconstructions(model: AttriVAE, x: torch.Tensor, measure: Measure) -> dict[str, np.ndarray]:
     """``measure`` read off the model's reconstructions ``decode(mu)`` of ``x [N, 1, D, H, W]``: ``{name: [N]}``.
 
@@ -122,9 +130,7 @@ def measure_reconstructions(model: AttriVAE, x: torch.Tensor, measure: Measure) 
     volumes at all before a traversal is judged by it: a decoder that blurs away the contrast the
     measurement relies on fails here, on volumes whose attribute values are known.
     """
-    device = next(model.parameters()).device
-    mu = torch.cat([model.eval().encode(chunk.to(device))[0].cpu() for chunk in x.split(4)])
-    return {k: np.asarray(v, dtype=np.float64) for k, v in measure(decode_latents(model, mu)).items()}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in measure(reconstruct(model, x)).items()}
 
 
 def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, measure: Measure,

@@ -25,6 +25,7 @@ Usage (repo root):
     python benchmarks/attention_faithfulness.py [--quick] [--json OUT] [--datasets phantoms emidec ixi]
         [--phantoms-run RUN] [--emidec-run RUN] [--ixi-run RUN] [--budget-min 15] [--regressor-min 4]
         [--threads 1] [--methods M ...] [--layers L ...] [--patch-mm MM ...] [--targets T ...] [--no-traversal]
+        [--traversal-only] [--judge-on scans|reconstructions]
 ``--quick``: phantoms only, a few minutes (``QUICK``: 2-minute training, HiResCAM at two layers and
 Grad-CAM, 4 random orders, 4 traversed subjects).
 """
@@ -298,21 +299,24 @@ def _test_scans(state: Any, subjects: int) -> tuple[dict[str, list], list[dict[s
     return records, test, [data[i] for i in range(len(data))]
 
 
-def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float) -> dict[str, Any]:
+def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, judge_on: str = "scans") -> dict[str, Any]:
     """Decoded traversals measured independently (``attrivae.traversal.measure_traversal``).
 
     Phantoms: each decoded step is thresholded and measured (``traversal.phantom_measure``).
     EMIDEC and IXI: a MONAI resnet18 regressor (``attrivae.attribute_regressor``) is trained for
     ``regressor_min`` minutes on the run's training split, preprocessed as the run saw it, and reads
-    the regularised attributes off each decoded step; its Spearman on the validation split and on
-    the test scans (real, not decoded) is stored with each attribute's figures as ``judge``.
+    the regularised attributes off each decoded step; its Spearman on the validation split, on
+    the test scans and on their reconstructions ``decode(mu)`` (what it reads in a traversal) is
+    stored with each attribute's figures as ``judge``. ``judge_on="reconstructions"`` trains it
+    on the run's reconstructions of the training scans instead of the scans, so decoded steps are
+    in its training distribution.
     """
     from scipy.stats import spearmanr
 
     from medlatent.attrivae.attribute_regressor import train_attribute_regressor
     from medlatent.attrivae.attributes import AttributeMap
     from medlatent.attrivae.task import plain
-    from medlatent.attrivae.traversal import measure_reconstructions, measure_traversal, phantom_measure
+    from medlatent.attrivae.traversal import measure_reconstructions, measure_traversal, phantom_measure, reconstruct
     from medlatent.commands.attention import item_spacing
     from medlatent.commands.runs import load_run
 
@@ -340,15 +344,20 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float) -> 
               flush=True)
     else:  # the regressor's own copy of the data: never the run's (possibly shared) disk cache
         started = time.perf_counter()
+        view = (lambda batch: reconstruct(state.model, batch)) if judge_on == "reconstructions" else None
         regressor, judge = train_attribute_regressor(records, {**state.cfg["data"], "cache": "memory"}, columns,
-                                                     amap.regularized, minutes=regressor_min, device=state.device)
-        read = regressor.predict(x)
-        judge["test_spearman"] = {name: float(np.nan_to_num(spearmanr(
-            [float(r["attrs"][columns.index(name)]) for r in test], read[name])[0])) for name in amap.regularized}
-        judge = {"kind": "MONAI resnet18 regressor", **judge, "seconds": time.perf_counter() - started}
-        print(f"[{dataset}] regressor: {judge['epochs']} epochs in {judge['seconds']:.0f} s; Spearman val / test: "
-              + ", ".join(f"{n} {judge['val_spearman'].get(n, math.nan):.2f} / {judge['test_spearman'][n]:.2f}"
-                          for n in amap.regularized), flush=True)
+                                                     amap.regularized, minutes=regressor_min, device=state.device,
+                                                     view=view)
+        truth = {name: [float(r["attrs"][columns.index(name)]) for r in test] for name in amap.regularized}
+        for key, read in (("test_spearman", regressor.predict(x)),
+                          ("recon_spearman", measure_reconstructions(state.model, x, regressor.predict))):
+            judge[key] = {name: float(np.nan_to_num(spearmanr(truth[name], read[name])[0])) for name in truth}
+        judge = {"kind": "MONAI resnet18 regressor", "trained_on": judge_on, **judge,
+                 "seconds": time.perf_counter() - started}
+        print(f"[{dataset}] regressor on {judge_on}: {judge['epochs']} epochs in {judge['seconds']:.0f} s; Spearman "
+              "val / test scans / their reconstructions: "
+              + ", ".join(f"{n} {judge['val_spearman'].get(n, math.nan):.2f} / {judge['test_spearman'][n]:.2f} / "
+                          f"{judge['recon_spearman'][n]:.2f}" for n in amap.regularized), flush=True)
         measure = regressor.predict
     result = measure_traversal(state.model, x, amap, measure, sd)
     return {name: {**figures, "judge": judge} for name, figures in result.items()}
@@ -375,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+",
                         help="score only targets whose name contains one of these ('class': the class map)")
     parser.add_argument("--no-traversal", action="store_true", help="skip the traversal measurement")
+    parser.add_argument("--traversal-only", action="store_true", help="measure the traversals, not the maps")
     parser.add_argument("--all-candidates", action="store_true",
                         help="every usable layer and all three baselines (default: 3 layers, 2 baselines)")
     parser.add_argument("--regressor-min", type=float, default=4.0,
                         help="training minutes of the EMIDEC / IXI traversal regressor (default 4)")
+    parser.add_argument("--judge-on", choices=("scans", "reconstructions"), default="scans",
+                        help="train the EMIDEC / IXI regressor on the scans or on the run's reconstructions of them")
     parser.add_argument("--threads", type=int, help="torch threads (on a shared CPU 1 is faster)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -393,18 +405,21 @@ def main(argv: list[str] | None = None) -> int:
         run = given or _train(dataset, args.out, min(args.budget_min, QUICK["budget_min"]) if args.quick
                               else args.budget_min, args.quick)
         scope = "quick" if args.quick else "all" if args.all_candidates else "default"
-        results[dataset] = score_dataset(dataset, run, scope, args.random_orders or (QUICK["random_orders"] if
-                                         args.quick else 10), args.steps, args.subjects or (QUICK["subjects"] if
-                                         args.quick else 40), args.methods, args.layers, tuple(args.patch_mm),
-                                         args.targets)
-        print(table(dataset, results[dataset]), flush=True)
+        if args.traversal_only:
+            results[dataset] = {"run": str(run)}
+        else:
+            results[dataset] = score_dataset(dataset, run, scope, args.random_orders or (QUICK["random_orders"] if
+                                             args.quick else 10), args.steps, args.subjects or (QUICK["subjects"]
+                                             if args.quick else 40), args.methods, args.layers,
+                                             tuple(args.patch_mm), args.targets)
+            print(table(dataset, results[dataset]), flush=True)
         if args.json:  # written after each step, so an interrupted run keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
         if args.no_traversal:
             continue
         traversal = _traversal(dataset, run, min(args.subjects or 20, QUICK["traversal_subjects"] if args.quick
-                                                 else 20), args.regressor_min)
+                                                 else 20), args.regressor_min, args.judge_on)
         results["traversal"][dataset] = traversal
         print(f"[{dataset}] traversals: " + ", ".join(f"{k}: Spearman {v['spearman']:.2f}, off-target "
                                                       f"{v['off_target']:.2f} (own change "

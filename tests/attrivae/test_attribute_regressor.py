@@ -49,3 +49,27 @@ def test_regressor_reads_every_decoded_traversal_step(trained_run):
         assert figures["subjects"] == 2 and -1.0 <= figures["spearman"] <= 1.0
         assert set(figures["off_target_by"]) == set(amap.regularized) - {name}
         assert np.isfinite(figures["off_target"]) and figures["off_target"] >= 0.0
+
+
+def test_regressor_is_trained_and_validated_on_its_view(phantom_manifest):
+    """``view`` replaces every training and validation batch (e.g. by the Attri-VAE's reconstructions): a view that
+    erases the scans leaves the judge nothing to read, so its validation predictions carry no ranking."""
+    import torch
+
+    data_cfg = {"manifest": str(phantom_manifest), "spatial_size": [32, 32, 32], "intensity": "percentile",
+                "cache": "memory", "split": {"val": 0.2, "test": 0.2, "seed": 0},
+                "attributes": ["cavity_volume_mm3", "wall_thickness_mm"], "label": None}
+    records, info = load_split_records(data_cfg)
+    seen = []
+
+    def erase(batch):
+        seen.append(tuple(batch.shape))
+        return torch.zeros_like(batch)
+
+    names = ["cavity_volume_mm3", "wall_thickness_mm"]
+    _, report = train_attribute_regressor(records, data_cfg, info.attributes, names, minutes=0.0, max_epochs=1,
+                                          batch_size=4, view=erase)
+    n_train, n_val = len(records["train"]), len(records["val"])
+    assert len(seen) == -(-n_train // 4) + -(-n_val // 4)  # every batch of one epoch and of the validation
+    assert all(shape[1:] == (1, 32, 32, 32) for shape in seen)
+    assert report["val_spearman"] == {name: 0.0 for name in names}  # constant readings: no ranking
