@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,11 +162,14 @@ def _summary(per_subject: dict[str, list[float]], sanity: dict[str, Any] | None,
 
 def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int, subjects: int,
                   methods: list[str] | None = None, layers: list[str] | None = None,
-                  patch_mm: tuple[float, ...] = (16.0,), targets: list[str] | None = None) -> dict[str, Any]:
+                  patch_mm: tuple[float, ...] = (16.0,), targets: list[str] | None = None,
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The full method x layer x evidence table and the defaults' figures for one trained run.
 
     ``methods``, ``layers``, ``patch_mm``: the candidates (``_candidates``); ``targets``: score only the
-    targets whose name contains one of these (``class`` for the class map; default all).
+    targets whose name contains one of these (``class`` for the class map; default all). ``progress``
+    is called with ``{"run", "partial": True, "methods": rows so far}`` after each candidate (to keep
+    what a long run measured if it is stopped).
     """
     from medlatent.attrivae.attention import (EVIDENCE, attention_maps, blurred, default_settings, map_cell,
                                               resolve_layer, target_score)
@@ -235,6 +239,8 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
             what = f"{settings.patch_mm:g} mm" if settings.method == "occlusion" else layer
             print(f"  {settings.method:21s} {what:17s} {time.perf_counter() - started:6.1f} s "
                   f"(enrichment +/-/abs: {', '.join(_fmt(r['enrichment']) for r in rows[-3:])})", flush=True)
+            if progress is not None:
+                progress({"run": str(run), "partial": True, "methods": rows})
         for kind_settings in default_settings("class" if dim is None else "attribute"):
             layer = resolve_layer(model, kind_settings.layer)[0] if kind_settings.uses_layer else "input"
             match = next((r for r in rows if r["target"] == target and r["method"] == kind_settings.method
@@ -408,10 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.traversal_only:
             results[dataset] = {"run": str(run)}
         else:
+            def keep(partial: dict[str, Any], dataset: str = dataset) -> None:
+                if args.json:
+                    results[dataset] = partial
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(results, indent=1) + "\n")
+
             results[dataset] = score_dataset(dataset, run, scope, args.random_orders or (QUICK["random_orders"] if
                                              args.quick else 10), args.steps, args.subjects or (QUICK["subjects"]
                                              if args.quick else 40), args.methods, args.layers,
-                                             tuple(args.patch_mm), args.targets)
+                                             tuple(args.patch_mm), args.targets, keep)
             print(table(dataset, results[dataset]), flush=True)
         if args.json:  # written after each step, so an interrupted run keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
