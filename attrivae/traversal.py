@@ -15,7 +15,8 @@ from medlatent.attrivae.attributes import AttributeMap
 from medlatent.attrivae.model import AttriVAE
 
 __all__ = ["traverse_latents", "interpolate_latents", "decode_latents", "fit_calibration", "step_labels",
-           "measure_traversal", "measure_reconstructions", "phantom_measure", "Measure"]
+           "measure_traversal", "measure_reconstructions", "reconstruct", "phantom_measure", "intracranial_measure",
+           "Measure"]
 
 #: decoded steps ``[S, 1, D, H, W]`` -> attribute name -> the value measured on each step ``[S]``
 Measure = Callable[[torch.Tensor], Mapping[str, np.ndarray]]
@@ -90,6 +91,18 @@ def phantom_measure(spacing_mm: Sequence[float]) -> Measure:
     def measure(volumes: torch.Tensor) -> dict[str, np.ndarray]:
         rows = [measure_phantom(volume[0].detach().cpu().float().numpy(), tuple(spacing_mm)) for volume in volumes]
         return {name: np.array([row[name] for row in rows]) for name in rows[0]}
+
+    return measure
+
+
+def intracranial_measure(spacing_mm: Sequence[float], name: str = "icv_mm3") -> Measure:
+    """A :data:`Measure` for skull-stripped brain runs (``data.mask_image``): the intracranial volume of each
+    decoded step (``transforms.brain.intracranial_volume_mm3``), read as attribute ``name``."""
+    from medlatent.transforms.brain import intracranial_volume_mm3
+
+    def measure(volumes: torch.Tensor) -> dict[str, np.ndarray]:
+        return {name: np.array([intracranial_volume_mm3(v.detach().cpu().float().numpy(), tuple(spacing_mm))
+                                for v in volumes])}
 
     return measure
 

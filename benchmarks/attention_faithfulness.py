@@ -322,7 +322,8 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, jud
     from medlatent.attrivae.attribute_regressor import train_attribute_regressor
     from medlatent.attrivae.attributes import AttributeMap
     from medlatent.attrivae.task import plain
-    from medlatent.attrivae.traversal import measure_reconstructions, measure_traversal, phantom_measure, reconstruct
+    from medlatent.attrivae.traversal import (intracranial_measure, measure_reconstructions, measure_traversal,
+                                              phantom_measure, reconstruct)
     from medlatent.commands.attention import item_spacing
     from medlatent.commands.runs import load_run
 
@@ -366,7 +367,26 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, jud
                           f"{judge['recon_spearman'][n]:.2f}" for n in amap.regularized), flush=True)
         measure = regressor.predict
     result = measure_traversal(state.model, x, amap, measure, sd)
-    return {name: {**figures, "judge": judge} for name, figures in result.items()}
+    out = {name: {**figures, "judge": judge} for name, figures in result.items()}
+    if dataset != "phantoms" and state.cfg["data"].get("mask_image") and "icv_mm3" in amap.regularized:
+        # skull-stripped scans: the intracranial volume can be read without the regressor; the same
+        # traversals again, with ICV measured directly and the other attributes by the regressor
+        direct = intracranial_measure(item_spacing(items[0]))
+        check = {key: float(np.nan_to_num(spearmanr(truth["icv_mm3"], read["icv_mm3"])[0])) for key, read in
+                 (("test_spearman", direct(x)), ("recon_spearman", measure_reconstructions(state.model, x, direct)))}
+
+        def mixed(volumes: torch.Tensor) -> dict[str, np.ndarray]:
+            return {**regressor.predict(volumes), **direct(volumes)}
+
+        again = measure_traversal(state.model, x, amap, mixed, sd)
+        print(f"[{dataset}] ICV read directly (Spearman with icv_mm3 on test scans / reconstructions "
+              f"{check['test_spearman']:.2f} / {check['recon_spearman']:.2f}): " + ", ".join(
+                  f"{k}: ICV change {v['change_sd']['icv_mm3']:.2f} SD, off-target {v['off_target']:.2f}"
+                  for k, v in again.items()), flush=True)
+        for name, figures in again.items():
+            out[name]["icv_direct"] = {"judge": {"kind": "intracranial volume of the skull-stripped volume "
+                                                         "(transforms.brain)", **check}, **figures}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
