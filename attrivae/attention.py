@@ -42,7 +42,7 @@ from medlatent.attrivae.model import AttriVAE
 from medlatent.errors import InputError
 
 __all__ = ["MapSettings", "attention_map", "attention_maps", "blurred", "baseline_volume", "default_layer", "default_settings",
-           "map_cell", "resolve_layer", "target_score", "with_defaults", "MIN_VOXELS", "METHODS", "LAYER_METHODS", "EVIDENCE", "BASELINES",
+           "map_cell", "occlusion_window", "resolve_layer", "target_score", "with_defaults", "MIN_VOXELS", "METHODS", "LAYER_METHODS", "EVIDENCE", "BASELINES",
            "METHOD_NAMES", "INPUT_LAYER"]
 
 #: a layer coarser than this per axis cannot localise anything useful
@@ -139,8 +139,24 @@ def resolve_layer(model: AttriVAE, name: str | None) -> tuple[str, nn.Module]:
     return name, model.get_submodule(name)
 
 
-def map_cell(model: AttriVAE, settings: MapSettings) -> tuple[int, int, int]:
-    """Input voxels per cell of the grid the map is computed on: ``(d, h, w)``; 1s for input methods."""
+def occlusion_window(settings: MapSettings, shape: Sequence[int],
+                     spacing: Sequence[float] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(patch, stride)`` in voxels of occlusion's cube of ``settings.patch_mm`` on a grid of ``shape``
+    ``(D, H, W)`` and ``spacing`` mm (default 1 mm): the patch clipped to the grid, the stride half of it."""
+    spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
+    patch = tuple(max(1, min(n, round(settings.patch_mm / s))) for n, s in zip(shape, spacing))
+    return patch, tuple(max(1, p // 2) for p in patch)
+
+
+def map_cell(model: AttriVAE, settings: MapSettings, spacing: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """Input voxels per cell of the grid the map is computed on: ``(d, h, w)``.
+
+    A layer's grid step; occlusion's stride (its map is constant over stride-sized blocks, so its
+    peak is a block; ``spacing``: the input's voxel size in mm, as for the map); 1s for the other
+    input methods.
+    """
+    if settings.method == "occlusion":
+        return occlusion_window(settings, model.spatial_size, spacing)[1]
     if not settings.uses_layer:
         return (1, 1, 1)
     name, _ = resolve_layer(model, settings.layer)
@@ -231,9 +247,7 @@ def _signed(model: AttriVAE, x: torch.Tensor, dim: int | None, settings: MapSett
         if method == "integrated_gradients":
             return IntegratedGradients(explained).attribute(x, baselines=base, target=target, n_steps=settings.steps,
                                                             internal_batch_size=8)
-        spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
-        patch = tuple(max(1, min(n, round(settings.patch_mm / s))) for n, s in zip(x.shape[2:], spacing))
-        stride = tuple(max(1, p // 2) for p in patch)
+        patch, stride = occlusion_window(settings, x.shape[2:], spacing)
         return Occlusion(explained).attribute(x, sliding_window_shapes=(1, *patch), strides=(1, *stride),
                                               baselines=base, target=target, perturbations_per_eval=8)
 

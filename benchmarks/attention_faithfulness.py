@@ -213,7 +213,7 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
             few = 1 if settings.method == "occlusion" else n_sanity
             sanity = randomization_check(lambda m, v: attention_maps(m, v, dim, settings, spacing=spacing), model,
                                          x[:few], classifier=dim is None)
-            cell = map_cell(model, settings)
+            cell = map_cell(model, settings, spacing)
             for evidence in EVIDENCE:
                 cams = maps[evidence].cpu()
                 per = {"enrichment": enrichment(cams, structure, body).tolist(),

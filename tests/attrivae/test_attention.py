@@ -93,6 +93,9 @@ def test_map_cell_is_the_layer_grid_step():
     model = AttriVAE((32, 32, 32), channels=(4, 4, 4), latent_dim=4, bottleneck_channels=4, num_outputs=1)
     assert map_cell(model, MapSettings(layer="encoder.levels.1")) == (4, 4, 4)  # 32 -> 8
     assert map_cell(model, MapSettings(method="integrated_gradients")) == (1, 1, 1)
+    # occlusion: its stride (half the patch), in voxels of the input's spacing
+    assert map_cell(model, MapSettings(method="occlusion", patch_mm=16.0), spacing=(2, 2, 4)) == (4, 4, 2)
+    assert map_cell(model, MapSettings(method="occlusion", patch_mm=16.0)) == (8, 8, 8)
 
 
 def test_class_attention_concentrates_on_the_lesion(lesion_subjects):
