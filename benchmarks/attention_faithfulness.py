@@ -258,7 +258,26 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
         defaults["attributes"][target] = {**best, "maps": entry["maps"]}
     shown = run.resolve().relative_to(ROOT) if run.resolve().is_relative_to(ROOT) else run.resolve()
     return {"run": str(shown), "test_subjects": len(items), "spacing_mm": list(spacing), "default": defaults,
-            "methods": rows}
+            "methods": rows, "eligible": eligible(rows)}
+
+
+#: a map may be a default only if it passes the randomisation check and its deletion beats random at this p
+ELIGIBLE_P = 0.01
+
+
+def eligible(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """Per target, the scored map of highest enrichment among those that may be defaults (issue 15: a map
+    that fails the randomisation check is not offered; its deletion must beat random, p < ``ELIGIBLE_P``);
+    None where no map qualifies. What the defaults are compared with (docs/attention.md)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for row in rows:
+        out.setdefault(row["target"], None)
+        if not (row["sanity_pass"] and row["deletion_p"] < ELIGIBLE_P and np.isfinite(row["enrichment"])):
+            continue
+        best = out[row["target"]]
+        if best is None or row["enrichment"] > best["enrichment"]:
+            out[row["target"]] = row
+    return out
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -291,6 +310,10 @@ def table(dataset: str, result: dict[str, Any]) -> str:
                 f"{_fmt(r['insertion_auc'])} vs {_fmt(r['random_insertion_auc'])} ({_fmt(r['insertion_p'], 3)}) | "
                 f"{_fmt(r['sanity_pass'])} ({_fmt(r['sanity_trained_rho'])} / {_fmt(r['sanity_max_random_rho'])}) | "
                 f"{_fmt(r['seconds_per_volume'], 3)} | {_fmt(r['peak_mib_per_volume'], 0)} |")
+    for target, row in result.get("eligible", {}).items():
+        lines.append(f"\n{target}: eligible for a default (passes the check, deletion p < {ELIGIBLE_P}): " + (
+            "none" if row is None else f"{row['method']} {row.get('patch_mm') or row['layer']} {row['evidence']}, "
+            f"enrichment {_fmt(row['enrichment'])}"))
     return "\n".join(lines)
 
 
