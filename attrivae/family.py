@@ -44,6 +44,9 @@ class NetSection(Section):
     norm: Literal[NORMS] = "batch"  # type: ignore[valid-type]
     classifier_hidden: list[int] = [32, 16]        # paper: latent -> 32 -> 16 -> classes
     output: Literal["sigmoid", "linear"] = "sigmoid"  # sigmoid: volumes scaled to [0, 1] by data.intensity: percentile
+    # the untrained decoder's output level (the last conv's bias): the training volumes' mean intensity where
+    # most of a volume is background (configs/attrivae_demo.yaml); None = PyTorch's default (0.5 for sigmoid)
+    output_init: float | None = None
     # what the classifier reads in training: mu, as at inference, so that its batch-norm
     # statistics match; z (the paper) leaves them fitted to noisier inputs (docs/attrivae.md)
     classifier_input: Literal["mu", "z"] = "mu"
@@ -82,6 +85,9 @@ def check(cfg: dict[str, Any]) -> None:
     if any(int(s) % factor for s in data["spatial_size"]):
         raise InputError(f"config key 'data.spatial_size': {data['spatial_size']} must be divisible by "
                          f"net.space_to_depth * 2**len(net.channels) = {factor}")
+    init = net["output_init"]
+    if init is not None and net["output"] == "sigmoid" and not 0.0 < float(init) < 1.0:
+        raise InputError(f"config key 'net.output_init': {init} must lie strictly between 0 and 1 for a sigmoid output")
     regularized = cfg["loss"]["regularized"]
     names = list(data["attributes"])
     if regularized is not None:
@@ -113,7 +119,7 @@ def model_kwargs(cfg: Mapping[str, Any], attributes: AttributeMap) -> dict[str, 
                 num_res_units=int(net["num_res_units"]), norm=net["norm"], num_outputs=num_outputs(attributes),
                 classifier_hidden=list(net["classifier_hidden"]), output=net["output"],
                 classifier_input=net["classifier_input"], space_to_depth=int(net["space_to_depth"]),
-                decoder_final_channels=net["decoder_final_channels"])
+                decoder_final_channels=net["decoder_final_channels"], output_init=net["output_init"])
 
 
 def build_model(cfg: Mapping[str, Any], attributes: AttributeMap) -> AttriVAE:

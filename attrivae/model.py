@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -79,13 +80,20 @@ class AttriVAE(nn.Module):
             unfold after the decoder (1 disables it). With 2, a 64x64x48 step costs a sixth of
             the time at the same parameter count on CPU (docs/architecture.md, "Space-to-depth").
         decoder_final_channels: width of the decoder's last level (default ``channels[0]``).
+        output_init: the output the untrained decoder starts from, set through the last conv's
+            bias (``logit(output_init)`` for sigmoid, ``output_init`` for linear); None keeps
+            PyTorch's default, an output near 0.5 (sigmoid). Set it to the mean intensity of the
+            training volumes when most of a volume is background: starting at 0.5 everywhere, the
+            first steps push the whole volume down, turn every last-level channel into a
+            background detector with a negative weight, and leave the decoder unable to output
+            more than ``sigmoid(bias)`` ~ 0.5 anywhere (docs/attrivae.md, "Model and losses").
     """
 
     def __init__(self, spatial_size: Sequence[int], channels: Sequence[int] = (16, 32, 64, 64), latent_dim: int = 64,
                  bottleneck_channels: int = 16, num_res_units: int = 1, norm: str = "batch", num_outputs: int = 1,
                  classifier_hidden: Sequence[int] = (32, 16), output: str = "sigmoid",
                  classifier_input: str = "mu", space_to_depth: int = 1,
-                 decoder_final_channels: int | None = None) -> None:
+                 decoder_final_channels: int | None = None, output_init: float | None = None) -> None:
         super().__init__()
         channels = list(channels)
         if space_to_depth < 1 or space_to_depth & (space_to_depth - 1):
@@ -112,6 +120,12 @@ class AttriVAE(nn.Module):
         self.decoder = Decoder3d(bottleneck_channels, channels[::-1], folded, num_res_units=num_res_units, norm=norm,
                                  final_channels=decoder_final_channels)
         self.output = output
+        if output_init is not None:
+            if output == "sigmoid" and not 0.0 < output_init < 1.0:
+                raise ValueError(f"output_init must lie in (0, 1) for a sigmoid output, got {output_init}")
+            with torch.no_grad():
+                self.decoder.head[-1].bias.fill_(math.log(output_init / (1.0 - output_init)) if output == "sigmoid"
+                                                 else output_init)
         self.classifier = ClassifierHead(self.latent_dim, num_outputs, classifier_hidden) if num_outputs else None
         self.levels = len(channels)
 

@@ -49,3 +49,19 @@ def test_space_to_depth_keeps_the_volume_contract_and_reports_folded_layer_sizes
         AttriVAE((20, 20, 20), channels=(8, 16), space_to_depth=2)
     with pytest.raises(ValueError, match="power of two"):
         AttriVAE((24, 24, 24), channels=(8,), space_to_depth=3)
+
+
+def test_output_init_sets_where_the_untrained_decoder_starts():
+    torch.manual_seed(0)
+    z = torch.randn(4, 6)
+    kwargs = dict(channels=(4, 8), latent_dim=6, bottleneck_channels=4, num_outputs=0)
+    default = AttriVAE((16, 16, 16), **kwargs).eval().decode(z)
+    dark = AttriVAE((16, 16, 16), output_init=0.05, **kwargs).eval()
+    assert dark.decoder.head[-1].bias.item() == pytest.approx(-2.944, abs=1e-3)  # logit(0.05)
+    # PyTorch's init starts every voxel near 0.5; with output_init near the background level it starts there
+    assert abs(default.median().item() - 0.5) < 0.1
+    assert abs(dark.decode(z).median().item() - 0.05) < 0.03
+    linear = AttriVAE((16, 16, 16), output="linear", output_init=0.05, **kwargs)
+    assert linear.decoder.head[-1].bias.item() == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="output_init"):
+        AttriVAE((16, 16, 16), output_init=1.0, **kwargs)

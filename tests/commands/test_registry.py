@@ -62,6 +62,7 @@ def test_a_bad_value_exits_2_naming_the_key_before_anything_is_written(tmp_path,
     ("net.latent_dim=1", "net.latent_dim"),
     ("net.attention_method=lime", "net.attention_method"),
     ("loss.delta=0", "loss.delta"),
+    ("net.output_init=1.5", "net.output_init"),
 ])
 def test_attrivae_sections_and_their_cross_checks(tmp_path, capsys, override, key):
     config = tmp_path / "a.yaml"
