@@ -66,3 +66,22 @@ def test_measure_phantom_reads_the_ground_truth_from_intensities() -> None:
         scaled = measure_phantom(image / image.max())
         assert scaled["cavity_volume_mm3"] == measured["cavity_volume_mm3"]
     assert measure_phantom(np.zeros((8, 8, 8))) == {"cavity_volume_mm3": 0.0, "wall_thickness_mm": 0.0}
+
+
+def test_wall_thickness_varies_on_its_own_over_voxels_the_grid_resolves() -> None:
+    # a traversal can only show the wall moving alone if the data let it: thickness independent of the
+    # cavity, and a range of several voxels, which the thresholds read on label-0 phantoms
+    from scipy.stats import spearmanr
+
+    from medlatent.transforms.phantoms import SPACING_MM, measure_phantom, phantom
+
+    truths, measured = [], []
+    for i in range(40):
+        image, _, truth = phantom((32, 32, 32), np.random.default_rng([0, i]), 0)
+        truths.append(truth)
+        measured.append(measure_phantom(image)["wall_thickness_mm"])
+    wall = np.array([t["wall_thickness_mm"] for t in truths])
+    cavity = np.array([t["cavity_volume_mm3"] for t in truths])
+    assert abs(spearmanr(wall, cavity)[0]) < 0.35
+    assert np.ptp(wall) / SPACING_MM > 1.5  # voxels
+    assert spearmanr(wall, measured)[0] > 0.95
