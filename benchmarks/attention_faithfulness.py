@@ -191,6 +191,8 @@ def score_dataset(dataset: str, run: Path, scope: str, n_random: int, steps: int
     body_all = torch.ones_like(labels) if GROUND_TRUTH[dataset]["body"] == "field of view" else (labels > 0).float()
     positive = [int(r.get("label", 0) or 0) == 1 for r in test]
     candidates = [c for c in _candidates(model, scope, layers, patch_mm) if methods is None or c.method in methods]
+    if methods is not None:  # in the order given (a long run that is stopped keeps the first ones: --json)
+        candidates.sort(key=lambda c: methods.index(c.method))
     rows, defaults = [], {"class": None, "attributes": {}}
     for target, dim, structure_name, structure_labels in _targets(dataset, state, amap):
         if targets is not None and not any(key.lower() in target.lower() for key in targets):
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-orders", type=int, help="random deletion orders (default 10, --quick 4)")
     parser.add_argument("--steps", type=int, default=16, help="points of a deletion curve minus one (default 16)")
     parser.add_argument("--subjects", type=int, help="test subjects scored (default 40; --quick: all 14)")
-    parser.add_argument("--methods", nargs="+", help="score only these methods (default all)")
+    parser.add_argument("--methods", nargs="+", help="score only these methods, in this order (default all)")
     parser.add_argument("--layers", nargs="+",
                         help="layer methods at exactly these encoder layers (default: see --all-candidates)")
     parser.add_argument("--patch-mm", nargs="+", type=float, default=[16.0],
