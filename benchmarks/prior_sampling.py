@@ -6,7 +6,7 @@ run, evaluates both (``medlatent evaluate RUN --prior KIND``), and times MONAI's
 network, i.e. the same width and depth on the same grid, against our cached sampler at batch 1.
 
     python benchmarks/prior_sampling.py [--quick] [--json OUT] [--run RUN] [--workdir DIR] [--vqvae-minutes M]
-                                        [--kinds pixelcnn transformer] [--checkpoints-min 15 30 45 60]
+                                        [--kinds pixelcnn transformer] [--checkpoints-min 15 30 45 60] [--mirror]
     python benchmarks/prior_sampling.py --timing-grid 16 16 12 [--timing-size 64 2 4] [--json OUT]
 
 Without ``--run`` it first trains a VQ-VAE on IXI (``configs/vqvae3d_ixi.yaml``; with ``--quick`` at
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, default=None, help="training budget per prior")
     parser.add_argument("--vqvae-minutes", type=float, default=None,
                         help="training budget of the VQ-VAE (default: the config's epochs); ignored with --run or --quick")
+    parser.add_argument("--mirror", action="store_true",
+                        help="train the priors on the training grids and their left-right mirrors (prior.mirror)")
     parser.add_argument("--kinds", nargs="+", choices=("pixelcnn", "transformer"), default=["pixelcnn", "transformer"])
     parser.add_argument("--checkpoints-min", type=float, nargs="+", default=None,
                         help="evaluate each prior after these cumulative training budgets (minutes); the last is the budget")
@@ -212,13 +214,15 @@ def main(argv: list[str] | None = None) -> dict:
     run = Path(args.run) if args.run else _train_vqvae(workdir, args.quick, args.vqvae_minutes)
     budgets = sorted(args.checkpoints_min or [args.minutes or (1.0 if args.quick else 10.0)])
     minutes = budgets[-1]
-    common = ["train.epochs=100000", "prior.eval.num_samples=" + ("8" if args.quick else "18")]
+    common = ["train.epochs=100000", "prior.eval.num_samples=" + ("8" if args.quick else "18"),
+              f"prior.mirror={str(args.mirror).lower()}"]
     # learning rates from a one-minute check on the quick run: the PixelCNN reached 0.95 bits per
     # code at 3e-3 and stayed at the unigram figure at 5e-4
     sizes = {"pixelcnn": ["train.lr=3e-3", "prior.pixelcnn.channels=32", "prior.pixelcnn.layers=" + ("4" if args.quick else "8")],
              "transformer": ["train.lr=1e-3", "prior.transformer.dim=" + ("64" if args.quick else "128"),
                              "prior.transformer.depth=" + ("2" if args.quick else "4"), "prior.transformer.heads=4"]}
     results: dict = {"run": str(run), "quick": args.quick, "minutes_per_prior": minutes, "kinds": args.kinds,
+                     "mirror": args.mirror,
                      "pass_rule": f"mmd_p > {PASS_P} and |diversity_samples - diversity_real| <= {PASS_DIVERSITY}"}
     for kind in args.kinds:
         pdir = run / "prior" / kind  # both kinds share the run's encoded grids (RUN/prior/codes.pt)

@@ -76,6 +76,9 @@ class PriorSection(Section):
     conditional: bool = True          # condition on the run's data.label when it has one
     pixelcnn: PixelCNNSection = PixelCNNSection()
     transformer: TransformerSection = TransformerSection()
+    # also train on the code grids of the training volumes mirrored left-right (RAS axis 0), encoded
+    # by the VQ-VAE: twice the grids, for a prior that overfits a small training split
+    mirror: bool = False
     encode_batch_size: int = Field(4, ge=1)   # volumes per batch when encoding the splits
     sample_batch_size: int = Field(8, ge=1)   # grids drawn together by `sample` and `evaluate --prior`
     eval: PriorEvalSection = PriorEvalSection()

@@ -100,8 +100,14 @@ def _spacing_of(image: torch.Tensor) -> list[float]:
     return [float(v) for v in affine_to_spacing(affine, r=3)]
 
 
+MIRRORED = "train_mirrored"  # the training volumes flipped left-right (RAS axis 0), then encoded
+
+
 def encoded_splits(state: LoadedRun, batch_size: int = 4, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Any]:
     """Code grids of the run's splits, encoded once and cached in ``RUN/prior/codes.pt``.
+
+    ``splits`` may name :data:`MIRRORED`: the training split's volumes mirrored left-right
+    before encoding (``prior.mirror``).
 
     The cache is keyed to the VQ-VAE checkpoint's bytes and the data section, so a retrained
     VQ-VAE or changed preprocessing re-encodes; it is loaded with ``weights_only=True``. Returns
@@ -115,14 +121,18 @@ def encoded_splits(state: LoadedRun, batch_size: int = 4, splits: tuple[str, ...
     key = hashlib.sha1(json.dumps({"checkpoint": _file_digest(checkpoint_path(run, "best")),
                                    "data": vq_cfg["data"]}, sort_keys=True, default=str).encode()).hexdigest()
     cache = run / "prior" / "codes.pt"
-    if cache.is_file():
-        stored = load_checkpoint(cache)
-        if stored.get("key") == key and all(s in stored["splits"] for s in splits):
-            return stored
+    stored = load_checkpoint(cache) if cache.is_file() else {}
+    if stored.get("key") == key and all(s in stored["splits"] for s in splits):
+        return stored
     records, info = load_split_records(vq_cfg["data"])
-    result: dict[str, Any] = {"key": key, "classes": info.classes, "splits": {}, "spacing": None, "volume_shape": None}
+    # a cache of the same checkpoint and data keeps its splits; only the missing ones are encoded
+    result: dict[str, Any] = stored if stored.get("key") == key else {
+        "key": key, "classes": info.classes, "splits": {}, "spacing": None, "volume_shape": None}
     for split in splits:
-        rows = records.get(split) or []
+        if split in result["splits"]:
+            continue
+        mirrored = split == MIRRORED
+        rows = records.get("train" if mirrored else split) or []
         grids: list[list[torch.Tensor]] = []
         labels: list[int] = []
         subjects: list[str] = []
@@ -133,8 +143,9 @@ def encoded_splits(state: LoadedRun, batch_size: int = 4, splits: tuple[str, ...
                 if result["spacing"] is None:
                     result["spacing"] = _spacing_of(image)
                     result["volume_shape"] = [int(s) for s in image.shape[2:]]
+                volumes = image.as_tensor().flip(2) if mirrored else image.as_tensor()  # [B, 1, X, Y, Z]
                 with state.inference():
-                    grids.append([g.cpu() for g in vqvae.encode_indices(image.as_tensor().to(state.device))])
+                    grids.append([g.cpu() for g in vqvae.encode_indices(volumes.to(state.device))])
                 subjects.extend(batch["subject"])
                 if "label" in batch:
                     labels.extend(int(v) for v in batch["label"])
@@ -147,6 +158,14 @@ def encoded_splits(state: LoadedRun, batch_size: int = 4, splits: tuple[str, ...
 
 
 # --- train-prior ---------------------------------------------------------------------------------
+
+def _joined(split: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
+    """The training grids and their mirrored copies as one split (labels follow their volumes)."""
+    labels = (torch.cat([split["labels"], mirrored["labels"]])
+              if split["labels"] is not None and mirrored["labels"] is not None else None)
+    return {"codes": [torch.cat([a, b]) for a, b in zip(split["codes"], mirrored["codes"])], "labels": labels,
+            "subjects": split["subjects"] + [f"{s} (mirrored)" for s in mirrored["subjects"]]}
+
 
 def train_prior(run: str | Path, prior: str = "transformer", overrides: list[str] | None = None,
                 resume: bool = False) -> Path:
@@ -181,8 +200,11 @@ def train_prior(run: str | Path, prior: str = "transformer", overrides: list[str
         base["prior"]["type"] = prior
         cfg = _resolve(base, changed, source="--set")
 
-    data = encoded_splits(state, batch_size=cfg["prior"]["encode_batch_size"])
+    splits = ("train", "val", "test") + ((MIRRORED,) if cfg["prior"]["mirror"] else ())
+    data = encoded_splits(state, batch_size=cfg["prior"]["encode_batch_size"], splits=splits)
     train_split = data["splits"]["train"]
+    if cfg["prior"]["mirror"]:
+        train_split = _joined(train_split, data["splits"][MIRRORED])
     if not train_split["subjects"]:
         raise InputError(f"{state.run}: the training split is empty; nothing to train a prior on")
     prepare_run(cfg, pdir, resume)

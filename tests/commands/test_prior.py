@@ -181,3 +181,29 @@ def test_both_kinds_of_prior_live_side_by_side_and_are_chosen_by_kind(flat_run: 
     assert main(["sample", str(flat_run), "-n", "1", "--prior", "pixelcnn", "-o", str(tmp_path / "p")]) == 2
     assert "--overwrite" in capsys.readouterr().err  # an existing output is never replaced silently
 
+
+
+def test_mirror_trains_on_the_training_grids_and_their_left_right_mirrors(tmp_path: Path, monkeypatch) -> None:
+    """prior.mirror: the training volumes flipped along RAS axis 0 are encoded too, cached beside the other splits,
+    and the prior trains on both (twice the grids, labels kept)."""
+    from medlatent.commands.prior import MIRRORED
+    from medlatent.runs import load_checkpoint
+    from medlatent.vqvae3d.model import VQVAE3d
+
+    def intensity_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # an initial-weights VQ-VAE gives every voxel one code; codes that follow the input show the flip
+        pooled = torch.nn.functional.avg_pool3d(x.float(), 4)[:, 0]  # [B, 4, 4, 4]
+        return [(pooled / pooled.amax() * 15).long().clamp(0, 15)]
+
+    monkeypatch.setattr(VQVAE3d, "encode_indices", intensity_codes)
+    run = _make_run(tmp_path, levels=1)
+    assert main(["train-prior", str(run), "--prior", "pixelcnn", "--set", "prior.mirror=true",
+                 "--set", "prior.pixelcnn.channels=8", "--set", "prior.pixelcnn.layers=2", *TINY]) == 0
+    stored = load_checkpoint(run / "prior" / "codes.pt")
+    train, mirrored = stored["splits"]["train"], stored["splits"][MIRRORED]
+    assert mirrored["subjects"] == train["subjects"] and torch.equal(mirrored["labels"], train["labels"])
+    assert not torch.equal(mirrored["codes"][0], train["codes"][0])
+    # pooling commutes with the flip here, so the mirror's grids are the training grids flipped on axis 0
+    assert torch.equal(mirrored["codes"][0], train["codes"][0].flip(1))
+    info = read_json(run / "prior" / "pixelcnn" / "prior_info.json")
+    assert sum(info["label_counts"]) == 2 * len(train["subjects"])
