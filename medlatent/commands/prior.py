@@ -345,6 +345,10 @@ def evaluate_prior(run: str | Path, prior: str | None = None) -> dict[str, Any]:
     - ``sample_seconds_per_volume``: wall time to draw and decode one volume (batched);
     - ``mmd``, ``mmd_p``: MMD between samples and real test volumes on the VQ-VAE's pooled
       encoder features, with its permutation p-value (small p: the two sets are distinguishable);
+    - ``mmd_reconstructions``, ``mmd_reconstructions_p``: the same test against the VQ-VAE's
+      reconstructions of the test volumes (their code grids decoded): the decoder is on both sides,
+      so this is the prior's own gap; against real volumes even a perfect prior carries the
+      decoder's (its samples are decoded code grids too);
     - ``diversity_samples`` / ``diversity_real``: mean pairwise SSIM among samples and among
       real test volumes (samples far above the real figure have collapsed onto few modes).
     """
@@ -371,15 +375,21 @@ def evaluate_prior(run: str | Path, prior: str | None = None) -> dict[str, Any]:
     with state.inference():
         samples = decode_codes(state.model, [c.to(state.device) for c in codes], cfg["prior"]["sample_batch_size"])
     seconds = (time.perf_counter() - started) / ev["num_samples"]
+    with state.inference():
+        reconstructions = decode_codes(state.model, [c.to(state.device) for c in test["codes"]],
+                                       cfg["prior"]["sample_batch_size"])
 
     real = _real_volumes(state, "test")
     vqvae: nn.Module = state.model.cpu()
-    mmd, mmd_p = mmd_test(pooled_features(vqvae, samples), pooled_features(vqvae, real),
-                          permutations=ev["permutations"], seed=ev["seed"])
+    sample_features = pooled_features(vqvae, samples)
+    mmd, mmd_p = mmd_test(sample_features, pooled_features(vqvae, real), permutations=ev["permutations"],
+                          seed=ev["seed"])
+    mmd_recon, mmd_recon_p = mmd_test(sample_features, pooled_features(vqvae, reconstructions),
+                                      permutations=ev["permutations"], seed=ev["seed"])
     data_range = float(real.max() - real.min()) or 1.0
     result = {"prior": cfg["prior"]["type"], "test_bits_per_code": means["bits_per_code"],
               "unigram_bits_per_code": unigram, "sample_seconds_per_volume": seconds,
-              "mmd": mmd, "mmd_p": mmd_p,
+              "mmd": mmd, "mmd_p": mmd_p, "mmd_reconstructions": mmd_recon, "mmd_reconstructions_p": mmd_recon_p,
               "diversity_samples": mean_pairwise_ssim(samples, data_range, ev["max_pairs"], ev["seed"]),
               "diversity_real": mean_pairwise_ssim(real, data_range, ev["max_pairs"], ev["seed"]),
               "num_samples": ev["num_samples"], "num_test": len(rows), "temperature": ev["temperature"],
@@ -388,5 +398,5 @@ def evaluate_prior(run: str | Path, prior: str | None = None) -> dict[str, Any]:
     write_json(pdir / "eval.json", result)
     print(f"prior eval ({cfg['prior']['type']}): " + ", ".join(f"{k} {result[k]:.4g}" for k in (
         "test_bits_per_code", "unigram_bits_per_code", "sample_seconds_per_volume", "mmd", "mmd_p",
-        "diversity_samples", "diversity_real")))
+        "mmd_reconstructions_p", "diversity_samples", "diversity_real")))
     return result

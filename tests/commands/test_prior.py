@@ -152,6 +152,7 @@ def test_evaluate_prior_writes_eval_json(flat_run: Path) -> None:
                 "diversity_samples", "diversity_real"):
         assert math.isfinite(result[key]), key
     assert 0 < result["mmd_p"] <= 1 and result["num_samples"] == 4 and result["num_test"] == 2
+    assert math.isfinite(result["mmd_reconstructions"]) and 0 < result["mmd_reconstructions_p"] <= 1
 
 
 def test_two_level_run_gets_a_top_and_a_conditioned_bottom_prior(tmp_path: Path) -> None:
