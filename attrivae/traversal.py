@@ -148,7 +148,7 @@ def measure_reconstructions(model: AttriVAE, x: torch.Tensor, measure: Measure) 
 
 def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, measure: Measure,
                       population_sd: Mapping[str, float], steps: int = 9,
-                      value_range: tuple[float, float] = (-3.0, 3.0),
+                      value_range: tuple[float, float] | Mapping[str, tuple[float, float]] = (-3.0, 3.0),
                       attributes: Sequence[str] | None = None) -> dict[str, dict[str, object]]:
     """Does moving an attribute's latent dim change that attribute, and only it, in the decoded volumes?
 
@@ -178,21 +178,24 @@ def measure_traversal(model: AttriVAE, x: torch.Tensor, amap: AttributeMap, meas
         amap: the run's attribute map (which latent dim each attribute is tied to).
         measure: decoded steps ``[S, 1, D, H, W]`` -> ``{name: [S] values}`` for the attributes it can read.
         population_sd: SD of each measured attribute over the training population.
-        steps, value_range: the traversal (absolute latent values, as ``medlatent traverse``).
+        steps, value_range: the traversal (absolute latent values, as ``medlatent traverse``); a mapping
+            gives each attribute its own range (e.g. its ``mu_k`` over the training scans: past it
+            the decoder extrapolates).
         attributes: which regularised attributes to traverse (default all that ``measure`` reads).
 
     Returns:
         ``{attribute: {"spearman", "off_target", "off_target_by": {other: value}, "change_sd": {name: value},
         "subjects": N}}``.
     """
-    z_values = torch.linspace(float(value_range[0]), float(value_range[1]), int(steps))
-    z_np = z_values.numpy().astype(np.float64)
     chosen = list(attributes) if attributes is not None else list(amap.regularized)
     per: dict[str, dict[str, list]] = {name: {"spearman": [], "off": [], "change": []} for name in chosen}
     for index in range(len(x)):
         with torch.no_grad():
             mu = model.eval().encode(x[index:index + 1].to(next(model.parameters()).device))[0][0].cpu()
         for name in chosen:
+            low, high = value_range[name] if isinstance(value_range, Mapping) else value_range
+            z_values = torch.linspace(float(low), float(high), int(steps))
+            z_np = z_values.numpy().astype(np.float64)
             volumes = decode_latents(model, traverse_latents(mu, amap.dim_of(name), z_values))
             measured = {k: np.asarray(v, dtype=np.float64) for k, v in measure(volumes).items()}
             if name not in measured:

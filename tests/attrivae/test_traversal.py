@@ -123,3 +123,16 @@ def test_intracranial_measure_reads_each_decoded_step():
     assert set(read) == {"icv_mm3"} and read["icv_mm3"].shape == (3,)
     expected = np.array([(r <= radius).sum().item() * 8.0 for radius in (6, 8, 10)])
     np.testing.assert_allclose(read["icv_mm3"], expected)
+
+
+def test_each_attribute_can_be_traversed_over_its_own_range():
+    # dim 0 over (0, 2) only: the cavity radius grows 2 voxels, not 4 as over (-2, 2); its change halves
+    sd = {"cavity_volume_mm3": 2000.0, "wall_thickness_mm": 1.0}
+    args = (_Shells(), torch.zeros(1, 1, 32, 32, 32), _amap(), phantom_measure((2.0,) * 3), sd)
+    wide = measure_traversal(*args, steps=5, value_range=(-2.0, 2.0))
+    own = measure_traversal(*args, steps=5, value_range={"cavity_volume_mm3": (0.0, 2.0),
+                                                         "wall_thickness_mm": (-2.0, 2.0)})
+    assert own["cavity_volume_mm3"]["spearman"] == pytest.approx(1.0)
+    assert own["cavity_volume_mm3"]["change_sd"]["cavity_volume_mm3"] < wide["cavity_volume_mm3"]["change_sd"][
+        "cavity_volume_mm3"] * 0.8
+    assert own["wall_thickness_mm"] == wide["wall_thickness_mm"]
