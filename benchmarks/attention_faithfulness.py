@@ -14,7 +14,8 @@ the class map and each regularised attribute's map against its structure:
   hippocampus (47, 48); the body is the brain (DLMUSE > 0).
 
 Traversals (``traversal.<dataset>.<attribute>``: ``spearman``, ``off_target``): phantoms measured by
-thresholds, EMIDEC and IXI by a MONAI resnet18 regressor trained on the run's training scans (its
+thresholds (each dimension over its ``mu`` on the training scans; ``judge`` holds the range and how
+well the thresholds read the test scans and their reconstructions), EMIDEC and IXI by a MONAI resnet18 regressor trained on the run's training scans (its
 validation and test Spearman per attribute are stored with them as ``judge``).
 
 Figures (attrivae/faithfulness.py): ROI enrichment (median, 95% bootstrap CI), pointing game,
