@@ -128,7 +128,6 @@ def _nanmax(values: Iterable[float]) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def reconstruct(model: AttriVAE, x: torch.Tensor) -> torch.Tensor:
     """The model's reconstructions ``decode(mu)`` of ``x [N, 1, D, H, W]``: ``-> [N, 1, D, H, W]`` on the CPU."""
     device = next(model.parameters()).device

@@ -333,6 +333,13 @@ def _test_scans(state: Any, subjects: int, split: str = "test"
     return records, test, [data[i] for i in range(len(data))]
 
 
+def _spearman_by_name(truth: dict[str, list[float]], read: dict[str, Any]) -> dict[str, float]:
+    """Per attribute, the Spearman of a measurement ``read`` with the ground truth (0 where undefined)."""
+    from scipy.stats import spearmanr
+
+    return {name: float(np.nan_to_num(spearmanr(truth[name], read[name])[0])) for name in truth}
+
+
 def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, judge_on: str = "scans") -> dict[str, Any]:
     """Decoded traversals measured independently (``attrivae.traversal.measure_traversal``).
 
@@ -345,8 +352,6 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, jud
     on the run's reconstructions of the training scans instead of the scans, so decoded steps are
     in its training distribution.
     """
-    from scipy.stats import spearmanr
-
     from medlatent.attrivae.attribute_regressor import train_attribute_regressor
     from medlatent.attrivae.attributes import AttributeMap
     from medlatent.attrivae.task import plain
@@ -371,9 +376,8 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, jud
         x_every = torch.stack([plain(i["image"]).float() for i in scans])
         truth = {name: [float(r["attrs"][columns.index(name)]) for r in every] for name in amap.regularized}
         judge = {"kind": "thresholds (measure_phantom)", "subjects": len(every)}
-        for key, read in (("test_spearman", measure(x_every)),
-                          ("recon_spearman", measure_reconstructions(state.model, x_every, measure))):
-            judge[key] = {name: float(np.nan_to_num(spearmanr(truth[name], read[name])[0])) for name in truth}
+        judge["test_spearman"] = _spearman_by_name(truth, measure(x_every))
+        judge["recon_spearman"] = _spearman_by_name(truth, measure_reconstructions(state.model, x_every, measure))
         print(f"[{dataset}] thresholds vs ground truth, Spearman on test scans / their reconstructions: "
               + ", ".join(f"{n} {judge['test_spearman'][n]:.2f} / {judge['recon_spearman'][n]:.2f}" for n in truth),
               flush=True)
@@ -384,9 +388,9 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, jud
                                                      amap.regularized, minutes=regressor_min, device=state.device,
                                                      view=view)
         truth = {name: [float(r["attrs"][columns.index(name)]) for r in test] for name in amap.regularized}
-        for key, read in (("test_spearman", regressor.predict(x)),
-                          ("recon_spearman", measure_reconstructions(state.model, x, regressor.predict))):
-            judge[key] = {name: float(np.nan_to_num(spearmanr(truth[name], read[name])[0])) for name in truth}
+        x_recon = reconstruct(state.model, x)  # decode(mu) of the traversed subjects, read by every judge below
+        judge["test_spearman"] = _spearman_by_name(truth, regressor.predict(x))
+        judge["recon_spearman"] = _spearman_by_name(truth, regressor.predict(x_recon))
         judge = {"kind": "MONAI resnet18 regressor", "trained_on": judge_on, **judge,
                  "seconds": time.perf_counter() - started}
         print(f"[{dataset}] regressor on {judge_on}: {judge['epochs']} epochs in {judge['seconds']:.0f} s; Spearman "
@@ -410,8 +414,9 @@ def _traversal(dataset: str, run: Path, subjects: int, regressor_min: float, jud
         # skull-stripped scans: the intracranial volume can be read without the regressor; the same
         # traversals again, with ICV measured directly and the other attributes by the regressor
         direct = intracranial_measure(item_spacing(items[0]))
-        check = {key: float(np.nan_to_num(spearmanr(truth["icv_mm3"], read["icv_mm3"])[0])) for key, read in
-                 (("test_spearman", direct(x)), ("recon_spearman", measure_reconstructions(state.model, x, direct)))}
+        icv = {"icv_mm3": truth["icv_mm3"]}
+        check = {"test_spearman": _spearman_by_name(icv, direct(x))["icv_mm3"],
+                 "recon_spearman": _spearman_by_name(icv, direct(x_recon))["icv_mm3"]}
 
         def mixed(volumes: torch.Tensor) -> dict[str, np.ndarray]:
             return {**regressor.predict(volumes), **direct(volumes)}

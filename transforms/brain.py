@@ -5,7 +5,7 @@ With ``data.mask_image: true`` (IXI) every voxel outside the brain mask is 0, so
 threshold is a fraction of the scan's intensity range, so it holds for [0, 1] model outputs and
 for raw scans alike; holes are filled so that dark CSF inside the brain counts, as it does in the
 label-derived ``icv_mm3``. On IXI at 3.2 mm its Spearman with MUSE's ICV is 0.99 on test scans
-and 0.98 on an Attri-VAE's reconstructions of them (benchmarks/attention_faithfulness.py stores
+and 0.97 on an Attri-VAE's reconstructions of them (benchmarks/attention_faithfulness.py stores
 both with each run's traversal figures).
 """
 
